@@ -1,0 +1,273 @@
+r"""Training-step benchmark: rnn_jax layers against Flax and (when installed) PyTorch.
+
+    python experiments/benchmark.py                      # lstm and gru, configs c1 c2 c3
+    python experiments/benchmark.py --cells=lstm,gru,mut1 --configs=c1 --impls=fused,autodiff
+    python experiments/benchmark.py --configs=8x20x32    # any BxTxH
+
+A training step is forward + backward to the parameters and the inputs + an SGD update, float32,
+input size = hidden size, loss = mean of the outputs times a fixed random tensor. All
+implementations are timed interleaved in rounds (each round times every implementation once for
+``--steps`` steps), so machine noise hits them alike; the table shows the median over rounds.
+GFLOP/s counts the matmuls only: forward = 2·B·T·Σ(in·out) over the cell's matrices
+(LSTM: 2·B·T·(I+H)·4H), a training step = 3× forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+from absl import app, flags
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_jax import cells as cells_lib
+from rnn_jax import layers
+
+CONFIGS = {"c1": (32, 100, 256), "c2": (64, 100, 512), "c3": (16, 200, 128)}
+LR = 1e-3
+
+
+@dataclasses.dataclass
+class Timed:
+    """One implementation of the training step, ready to be timed."""
+
+    name: str
+    run: Callable[[int], None]  # runs n steps and blocks until done
+    compile_s: float = float("nan")
+
+
+def parse_config(spec: str) -> tuple[int, int, int]:
+    if spec in CONFIGS:
+        return CONFIGS[spec]
+    try:
+        b, t, h = (int(v) for v in spec.split("x"))
+    except ValueError:
+        raise ValueError(f"invalid config {spec!r}: use one of {', '.join(CONFIGS)} or BxTxH, e.g. 8x20x32")
+    return b, t, h
+
+
+def matmul_flops_forward(cell: cells_lib.Cell, batch: int, steps: int, size: int) -> float:
+    spec = cell.param_spec(size, size)
+    macs = sum(int(np.prod(shape)) for shape, kind in spec.values() if len(shape) == 2)
+    return 2.0 * batch * steps * macs
+
+
+def _jax_sgd_step(loss_fn):
+    """jit(params, xs) -> (params - lr·grad, dxs)."""
+
+    def step(params, xs, target):
+        grads, dxs = jax.grad(loss_fn, argnums=(0, 1))(params, xs, target)
+        params = jax.tree.map(lambda p, g: p - LR * g, params, grads)
+        return params, dxs
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def _timed_jax(name, step, params, xs, target) -> Timed:
+    t0 = time.perf_counter()
+    compiled = step.lower(params, xs, target).compile()
+    compile_s = time.perf_counter() - t0
+    state = {"params": params}
+    out = compiled(jax.tree.map(jnp.copy, state["params"]), xs, target)  # warm-up
+    state["params"] = out[0]
+    jax.block_until_ready(out)
+
+    def run(n):
+        p = state["params"]
+        for _ in range(n):
+            p, dxs = compiled(p, xs, target)
+        jax.block_until_ready((p, dxs))
+        state["params"] = p
+
+    return Timed(name, run, compile_s)
+
+
+def ours(cell_name: str, impl: str, b: int, t: int, h: int, unroll: int) -> Timed:
+    cell = cells_lib.get(cell_name)
+    params = cell.init(jax.random.PRNGKey(0), h, h)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (b, t, h))
+    target = jax.random.normal(jax.random.PRNGKey(2), (b, t, h))
+
+    def loss(params, xs, target):
+        _, hs = layers.rnn(cell, params, xs, impl=impl, unroll=unroll)
+        return jnp.mean(hs * target)
+
+    return _timed_jax(f"rnn_jax {cell_name} ({impl})", _jax_sgd_step(loss), params, xs, target)
+
+
+def flax_baseline(kind: str, b: int, t: int, h: int, unroll: int) -> Timed:
+    import flax.linen as nn
+
+    cell = nn.OptimizedLSTMCell(h) if kind == "lstm" else nn.GRUCell(h)
+    model = nn.RNN(cell, unroll=unroll)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (b, t, h))
+    target = jax.random.normal(jax.random.PRNGKey(2), (b, t, h))
+    params = model.init(jax.random.PRNGKey(0), xs)
+
+    def loss(params, xs, target):
+        return jnp.mean(model.apply(params, xs) * target)
+
+    label = "OptimizedLSTMCell" if kind == "lstm" else "GRUCell"
+    return _timed_jax(f"flax {label}", _jax_sgd_step(loss), params, xs, target)
+
+
+def torch_baseline(kind: str, b: int, t: int, h: int) -> Timed | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    module = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(h, h, batch_first=True)
+    xs = torch.randn(b, t, h, requires_grad=True)
+    target = torch.randn(b, t, h)
+
+    def one():
+        module.zero_grad(set_to_none=True)
+        xs.grad = None
+        out, _ = module(xs)
+        (out * target).mean().backward()
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(p.grad, alpha=-LR)
+
+    t0 = time.perf_counter()
+    one()
+    first = time.perf_counter() - t0
+
+    def run(n):
+        for _ in range(n):
+            one()
+
+    return Timed(f"torch nn.{'LSTM' if kind == 'lstm' else 'GRU'}", run, first)
+
+
+def measure(timed: list[Timed], steps: int, rounds: int, progress=print) -> dict[str, list[float]]:
+    """Interleaved timing: ``rounds`` rounds, each timing every implementation for ``steps`` steps."""
+    times = {x.name: [] for x in timed}
+    for r in range(rounds):
+        for x in timed:
+            t0 = time.perf_counter()
+            x.run(steps)
+            times[x.name].append((time.perf_counter() - t0) / steps * 1e3)
+        progress(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in times.items()))
+    return times
+
+
+def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines: list[str],
+              steps: int, rounds: int, unroll: int = 1, progress=print) -> list[dict]:
+    """Runs the benchmark and returns one row per (config, implementation)."""
+    rows = []
+    for spec in configs:
+        b, t, h = parse_config(spec)
+        for cell_name in cells:
+            kind = "lstm" if cell_name in ("lstm", "np") else ("gru" if cell_name == "gru" else None)
+            progress(f"{spec} (B{b} T{t} H{h}) {cell_name}: compiling")
+            timed = [ours(cell_name, impl, b, t, h, unroll) for impl in impls]
+            base_names = []
+            if kind and "flax" in baselines:
+                timed.append(flax_baseline(kind, b, t, h, unroll))
+                base_names.append(timed[-1].name)
+            if kind and "torch" in baselines:
+                tb = torch_baseline(kind, b, t, h)
+                if tb is not None:
+                    timed.append(tb)
+                    base_names.append(tb.name)
+            times = measure(timed, steps, rounds, progress)
+            flops = 3 * matmul_flops_forward(cells_lib.get(cell_name), b, t, h)
+            medians = {k: statistics.median(v) for k, v in times.items()}
+            for x in timed:
+                ms = medians[x.name]
+                row = {"config": spec, "B": b, "T": t, "H": h, "cell": cell_name, "impl": x.name,
+                       "ms_per_step": ms, "gflops": flops / ms / 1e6, "compile_s": x.compile_s,
+                       "all_ms": times[x.name]}
+                if x.name not in base_names:
+                    for base in base_names:
+                        row[f"speedup_vs[{base}]"] = medians[base] / ms
+                rows.append(row)
+    return rows
+
+
+def environment() -> dict:
+    import flax
+    info = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+            "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "processor": _cpu_name()}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| config | cell | implementation | ms/step | GFLOP/s | compile s | speedup |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        speed = ", ".join(f"{v:.2f}× vs {k[len('speedup_vs['):-1]}" for k, v in r.items()
+                          if k.startswith("speedup_vs["))
+        lines.append(f"| {r['config']} B{r['B']} T{r['T']} H{r['H']} | {r['cell']} | {r['impl']} "
+                     f"| {r['ms_per_step']:.1f} | {r['gflops']:.0f} | {r['compile_s']:.2f} | {speed} |")
+    return "\n".join(lines)
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("cells", ["lstm", "gru"], "Registered cell names to time.")
+flags.DEFINE_list("configs", ["c1", "c2", "c3"], f"Shapes: {', '.join(CONFIGS)} or BxTxH.")
+flags.DEFINE_list("impls", ["fused"], f"rnn_jax implementations: {', '.join(layers.IMPLS)}.")
+flags.DEFINE_list("baselines", ["flax", "torch"], "Baselines (lstm and gru only): flax, torch.")
+flags.DEFINE_integer("steps", 5, "Steps per implementation per round.")
+flags.DEFINE_integer("rounds", 5, "Interleaved rounds; the median is reported.")
+flags.DEFINE_integer("unroll", 1, "lax.scan unroll for the JAX implementations.")
+flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: number of cores).")
+flags.DEFINE_string("json_out", "", "Also write the rows and the environment to this JSON file.")
+
+
+def main(argv):
+    del argv
+    for name in FLAGS.cells:
+        cells_lib.get(name)  # fails early, listing the valid names
+    for impl in FLAGS.impls:
+        if impl not in layers.IMPLS:
+            raise app.UsageError(f"--impls: invalid {impl!r}; allowed: {', '.join(layers.IMPLS)}")
+    for base in FLAGS.baselines:
+        if base not in ("flax", "torch"):
+            raise app.UsageError(f"--baselines: invalid {base!r}; allowed: flax, torch")
+    try:
+        import torch
+        torch.set_num_threads(FLAGS.torch_threads or os.cpu_count())
+    except ImportError:
+        pass
+    env = environment()
+    print(json.dumps(env))
+    rows = benchmark(FLAGS.cells, FLAGS.configs, FLAGS.impls, FLAGS.baselines, FLAGS.steps,
+                     FLAGS.rounds, FLAGS.unroll, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_table(rows))
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, "w") as f:
+            json.dump({"environment": env, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,31 @@
+"""The benchmark's plumbing on a tiny shape (it measures; this only checks that it runs and counts)."""
+
+import pytest
+
+from experiments import benchmark
+from rnn_jax import cells
+
+
+def test_flop_count_matches_the_lstm_formula():
+    b, t, i, h = 32, 100, 256, 256
+    assert benchmark.matmul_flops_forward(cells.get("lstm"), b, t, h) == 2 * b * t * (i + h) * 4 * h
+    assert benchmark.matmul_flops_forward(cells.get("gru"), b, t, h) == 2 * b * t * (i + h) * 3 * h
+
+
+def test_parse_config():
+    assert benchmark.parse_config("c2") == (64, 100, 512)
+    assert benchmark.parse_config("2x3x4") == (2, 3, 4)
+    with pytest.raises(ValueError, match=r"invalid config 'c9': use one of c1, c2, c3 or BxTxH"):
+        benchmark.parse_config("c9")
+
+
+def test_tiny_benchmark_produces_rows_with_ratios():
+    rows = benchmark.benchmark(["lstm"], ["2x3x4"], ["fused"], ["flax"], steps=1, rounds=1,
+                               progress=lambda s: None)
+    names = [r["impl"] for r in rows]
+    assert names == ["rnn_jax lstm (fused)", "flax OptimizedLSTMCell"]
+    ours = rows[0]
+    assert ours["ms_per_step"] > 0 and ours["compile_s"] > 0
+    assert ours["speedup_vs[flax OptimizedLSTMCell]"] == pytest.approx(rows[1]["ms_per_step"] / ours["ms_per_step"])
+    table = benchmark.format_table(rows)
+    assert "| 2x3x4 B2 T3 H4 | lstm | rnn_jax lstm (fused) |" in table
