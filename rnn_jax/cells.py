@@ -150,10 +150,16 @@ class Ops:
 
 
 def affine(x: Array, params: Mapping[str, Array], weights, biases) -> Array:
-    """``x @ [W_1 | ... | W_k] + [b_1 | ... | b_k]``: one matmul for several gates."""
+    """``x @ [W_1 | ... | W_k] + [b_1 | ... | b_k]``: one matmul for several gates.
+
+    The bias rides along as one more row of the matrix, against a column of ones appended to
+    ``x``: the matmul adds it, and in the backward pass its gradient comes out of the weight-
+    gradient matmul, instead of two extra passes over the (large) ``[..., out]`` result.
+    """
     w = jnp.concatenate([params[n] for n in weights], axis=-1)
     b = jnp.concatenate([params[n] for n in biases], axis=-1)
-    return x @ w + b
+    ones = jnp.ones(x.shape[:-1] + (1,), x.dtype)
+    return jnp.concatenate([x, ones], axis=-1) @ jnp.concatenate([w, b[None]], axis=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -170,6 +170,25 @@ class _ReplayOps(cells_lib.Ops):
         return self._act("relu", x)
 
 
+def _split_known(values, known, alias: dict) -> tuple:
+    """Values that are not (the same traced object as) an entry of ``known``; records the others
+    in ``alias`` as ``{position in values: position in known}``."""
+    own = []
+    for k, v in enumerate(values):
+        j = next((j for j, c in enumerate(known) if c is v), None)
+        if j is None:
+            own.append(v)
+        else:
+            alias[k] = j
+    return tuple(own)
+
+
+def _merge_known(own, known, alias: dict) -> list:
+    """Inverse of :func:`_split_known` on the stacked (per-step) values."""
+    own = list(own)
+    return [known[alias[k]] if k in alias else own.pop(0) for k in range(len(own) + len(alias))]
+
+
 def _outer_sum(a: Array, du: Array) -> Array:
     """``Σ_{t,b} a[t,b]ᵀ du[t,b]`` as one matmul."""
     return a.reshape(-1, a.shape[-1]).T @ du.reshape(-1, du.shape[-1])
@@ -206,6 +225,12 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
         d_final, d_outs = cts
         w_ts = tuple(w.T for w in ws)
 
+        # For most cells a group's matmul output is added straight to the projected inputs, so
+        # its gradient *is* the inputs' gradient (the same traced value), and a matmul input is
+        # often a carry entry (h) that the forward pass saved already. Such values are emitted
+        # once and shared instead of being written to a second [T, B, ...] buffer.
+        alias, alias_a = {}, {}
+
         def body(acc, inp):
             d_carry, d_lp = acc
             carry_t, xin_t, masks_t, us_t, acts_t, d_out_t = inp
@@ -218,12 +243,16 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
             _, vjp_fn, a_t = jax.vjp(replayed, carry_t, xin_t, lp, us_t, has_aux=True)
             d_carry_prev, d_xin_t, d_lp_t, d_us_t = vjp_fn((d_carry, d_out_t))
             d_lp = jax.tree.map(jnp.add, d_lp, d_lp_t)
-            return (d_carry_prev, d_lp), (d_xin_t, d_us_t, a_t)
+            own_du = _split_known(d_us_t, jax.tree.leaves(d_xin_t), alias)
+            own_a = _split_known(a_t, jax.tree.leaves(carry_t), alias_a)
+            return (d_carry_prev, d_lp), (d_xin_t, own_du, own_a)
 
         init = (d_final, jax.tree.map(jnp.zeros_like, lp))
-        (d_carry0, d_lp), (d_xin, d_us, a_s) = lax.scan(
+        (d_carry0, d_lp), (d_xin, d_own, a_own) = lax.scan(
             body, init, (carries_in, xin, masks, us, acts, d_outs), reverse=True, unroll=unroll)
-        # One matmul input per group per step (checked in _check_groups).
+        d_us = _merge_known(d_own, jax.tree.leaves(d_xin), alias)
+        a_s = _merge_known(a_own, jax.tree.leaves(carries_in), alias_a)
+        # One matmul input per group per step: each dW is a single [in, T·B] @ [T·B, out] matmul.
         d_ws = tuple(_outer_sum(a, du).astype(w.dtype) for a, du, w in zip(a_s, d_us, ws))
         return d_ws, d_lp, d_carry0, d_xin, None
 
