@@ -1,6 +1,6 @@
 r"""Training-step benchmark: rnn_jax layers against Flax and (when installed) PyTorch.
 
-    python experiments/benchmark.py                      # lstm and gru, configs c1 c2 c3
+    python experiments/benchmark.py                      # lstm, gru (both forms), configs c1 c2 c3
     python experiments/benchmark.py --cells=lstm,gru,mut1 --configs=c1 --impls=fused,autodiff
     python experiments/benchmark.py --configs=8x20x32    # any BxTxH
 
@@ -55,6 +55,23 @@ def parse_config(spec: str) -> tuple[int, int, int]:
     return b, t, h
 
 
+def parse_cell(spec: str) -> tuple[str, dict]:
+    """``"gru"`` or ``"gru:reset_after=True"`` (options separated by ``;``) -> (name, options)."""
+    import ast
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"invalid cell spec {spec!r}: options are key=value, e.g. gru:reset_after=True")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    cells_lib.get(name, **options)  # validates name and options
+    return name, options
+
+
 def matmul_flops_forward(cell: cells_lib.Cell, batch: int, steps: int, size: int) -> float:
     spec = cell.param_spec(size, size)
     macs = sum(int(np.prod(shape)) for shape, kind in spec.values() if len(shape) == 2)
@@ -91,8 +108,9 @@ def _timed_jax(name, step, params, xs, target) -> Timed:
     return Timed(name, run, compile_s)
 
 
-def ours(cell_name: str, impl: str, b: int, t: int, h: int, unroll: int) -> Timed:
-    cell = cells_lib.get(cell_name)
+def ours(cell_spec: str, impl: str, b: int, t: int, h: int, unroll: int) -> Timed:
+    name, options = parse_cell(cell_spec)
+    cell = cells_lib.get(name, **options)
     params = cell.init(jax.random.PRNGKey(0), h, h)
     xs = jax.random.normal(jax.random.PRNGKey(1), (b, t, h))
     target = jax.random.normal(jax.random.PRNGKey(2), (b, t, h))
@@ -101,7 +119,7 @@ def ours(cell_name: str, impl: str, b: int, t: int, h: int, unroll: int) -> Time
         _, hs = layers.rnn(cell, params, xs, impl=impl, unroll=unroll)
         return jnp.mean(hs * target)
 
-    return _timed_jax(f"rnn_jax {cell_name} ({impl})", _jax_sgd_step(loss), params, xs, target)
+    return _timed_jax(f"rnn_jax {cell_spec} ({impl})", _jax_sgd_step(loss), params, xs, target)
 
 
 def flax_baseline(kind: str, b: int, t: int, h: int, unroll: int) -> Timed:
@@ -168,10 +186,11 @@ def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines:
     rows = []
     for spec in configs:
         b, t, h = parse_config(spec)
-        for cell_name in cells:
-            kind = "lstm" if cell_name in ("lstm", "np") else ("gru" if cell_name == "gru" else None)
-            progress(f"{spec} (B{b} T{t} H{h}) {cell_name}: compiling")
-            timed = [ours(cell_name, impl, b, t, h, unroll) for impl in impls]
+        for cell_spec in cells:
+            cell_name, options = parse_cell(cell_spec)
+            kind = cell_name if cell_name in ("lstm", "gru") else None
+            progress(f"{spec} (B{b} T{t} H{h}) {cell_spec}: compiling")
+            timed = [ours(cell_spec, impl, b, t, h, unroll) for impl in impls]
             base_names = []
             if kind and "flax" in baselines:
                 timed.append(flax_baseline(kind, b, t, h, unroll))
@@ -182,11 +201,11 @@ def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines:
                     timed.append(tb)
                     base_names.append(tb.name)
             times = measure(timed, steps, rounds, progress)
-            flops = 3 * matmul_flops_forward(cells_lib.get(cell_name), b, t, h)
+            flops = 3 * matmul_flops_forward(cells_lib.get(cell_name, **options), b, t, h)
             medians = {k: statistics.median(v) for k, v in times.items()}
             for x in timed:
                 ms = medians[x.name]
-                row = {"config": spec, "B": b, "T": t, "H": h, "cell": cell_name, "impl": x.name,
+                row = {"config": spec, "B": b, "T": t, "H": h, "cell": cell_spec, "impl": x.name,
                        "ms_per_step": ms, "gflops": flops / ms / 1e6, "compile_s": x.compile_s,
                        "all_ms": times[x.name]}
                 if x.name not in base_names:
@@ -233,7 +252,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("cells", ["lstm", "gru"], "Registered cell names to time.")
+flags.DEFINE_list("cells", ["lstm", "gru", "gru:reset_after=True"],
+                  "Cells to time: registered names, with options after a colon (gru:reset_after=True).")
 flags.DEFINE_list("configs", ["c1", "c2", "c3"], f"Shapes: {', '.join(CONFIGS)} or BxTxH.")
 flags.DEFINE_list("impls", ["fused"], f"rnn_jax implementations: {', '.join(layers.IMPLS)}.")
 flags.DEFINE_list("baselines", ["flax", "torch"], "Baselines (lstm and gru only): flax, torch.")
@@ -246,8 +266,11 @@ flags.DEFINE_string("json_out", "", "Also write the rows and the environment to 
 
 def main(argv):
     del argv
-    for name in FLAGS.cells:
-        cells_lib.get(name)  # fails early, listing the valid names
+    for spec in FLAGS.cells:
+        try:
+            parse_cell(spec)  # fails early, listing the valid names and options
+        except ValueError as e:
+            raise app.UsageError(f"--cells: {e}")
     for impl in FLAGS.impls:
         if impl not in layers.IMPLS:
             raise app.UsageError(f"--impls: invalid {impl!r}; allowed: {', '.join(layers.IMPLS)}")

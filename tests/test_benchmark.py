@@ -19,6 +19,13 @@ def test_parse_config():
         benchmark.parse_config("c9")
 
 
+def test_parse_cell():
+    assert benchmark.parse_cell("gru:reset_after=True") == ("gru", {"reset_after": True})
+    assert benchmark.parse_cell("lstm:forget_bias=1.0;peepholes=True") == ("lstm", {"forget_bias": 1.0, "peepholes": True})
+    with pytest.raises(ValueError, match="unknown option"):
+        benchmark.parse_cell("lstm:reset_after=True")
+
+
 def test_tiny_benchmark_produces_rows_with_ratios():
     rows = benchmark.benchmark(["lstm"], ["2x3x4"], ["fused"], ["flax"], steps=1, rounds=1,
                                progress=lambda s: None)
