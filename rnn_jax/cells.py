@@ -205,29 +205,33 @@ class Cell:
 
     def init(self, key: Array, input_size: int, hidden_size: int) -> Params:
         """Fresh parameters: a flat dict of arrays named as in the cell's equations."""
+        names = self.param_names(input_size, hidden_size)
+        keys = jax.random.split(key, len(names))
+        return {n: self.init_param(k, n, input_size, hidden_size) for k, n in zip(keys, names)}
+
+    def init_param(self, key: Array, name: str, input_size: int, hidden_size: int) -> Array:
+        """One parameter of :meth:`init`, drawn with its own key (used by the Flax adapter)."""
         for what, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{self.name}: {what} must be a positive integer, got {value!r}")
         spec = self.param_spec(int(input_size), int(hidden_size))
-        inits = {
-            "input": _make_init(self.kernel_init, self.init_scale, hidden_size),
-            "recurrent": _make_init(self.recurrent_init, self.init_scale, hidden_size),
-            "peephole": _make_init("uniform", self.init_scale, hidden_size),
-        }
-        keys = jax.random.split(key, len(spec))
-        params = {}
-        for k, (name, (shape, kind)) in zip(keys, sorted(spec.items())):
-            if kind == "bias":
-                params[name] = jnp.full(shape, self._bias_value(name), self.param_dtype)
-            else:
-                params[name] = inits[kind](k, shape, self.param_dtype).astype(self.param_dtype)
-        return params
+        if name not in spec:
+            raise ValueError(f"{self.name} has no parameter {name!r}; its parameters: {', '.join(sorted(spec))}")
+        shape, kind = spec[name]
+        if kind == "bias":
+            return jnp.full(shape, self._bias_value(name), self.param_dtype)
+        spec_init = {"input": self.kernel_init, "recurrent": self.recurrent_init, "peephole": "uniform"}[kind]
+        init = _make_init(spec_init, self.init_scale, int(hidden_size))
+        return init(key, shape, self.param_dtype).astype(self.param_dtype)
 
     def _bias_value(self, name: str) -> float:
         return 0.0
 
     def param_names(self, input_size: int = 1, hidden_size: int = 1) -> tuple[str, ...]:
-        return tuple(sorted(self.param_spec(input_size, hidden_size)))
+        for what, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"{self.name}: {what} must be a positive integer, got {value!r}")
+        return tuple(sorted(self.param_spec(int(input_size), int(hidden_size))))
 
     def compute_dtype(self, params: Mapping[str, Array]):
         if self.dtype is not None:
@@ -913,9 +917,10 @@ def get(name: str | Cell, **opts) -> Cell:
     ValueError: lstm: unknown option 'reset_after'; valid options: kernel_init, recurrent_init, ...
     """
     if isinstance(name, Cell):
-        if opts:
-            return dataclasses.replace(name, **opts)
-        return name
+        for key in opts:
+            if key in name._fixed:
+                raise ValueError(f"{name.name}: option {key!r} is fixed by this variant")
+        return dataclasses.replace(name, **opts) if opts else name
     cls, fixed, _ = _lookup(name)
     allowed = options(name)
     for key in opts:

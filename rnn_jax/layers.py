@@ -98,9 +98,10 @@ class _RecordOps(_FastOps):
 
     def __init__(self, ws, index):
         super().__init__(ws, index)
-        self.us, self.acts = [], []
+        self.us, self.acts, self.groups = [], [], []
 
     def mm(self, names, a):
+        self.groups.append(self.index[names])
         self.us.append(super().mm(names, a))
         return self.us[-1]
 
@@ -207,6 +208,11 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
             xin_t, masks_t = inp
             ops = _RecordOps(ws, index)
             new, out = step(lp, ops, carry, xin_t, masks_t)
+            if ops.groups != list(range(len(index))):
+                # The backward pass pairs the k-th matmul of a step with the k-th group.
+                raise ValueError(
+                    f"{cell.name}: recurrent_step must call ops.mm once per group, in the order of"
+                    f" recurrent_groups {tuple(index)}; it called groups {ops.groups}")
             return new, (out, carry, tuple(ops.us), tuple(ops.acts))
 
         final, (outs, carries_in, us, acts) = lax.scan(body, carry0, (xin, masks), unroll=unroll)
@@ -294,6 +300,8 @@ def rnn(
       time_major: layout of ``xs``, ``resets`` and the outputs.
       return_all_carries: return the carry after every step instead of only the outputs.
       impl: ``"fused"`` (default), ``"autodiff"`` or ``"reference"``; see the module docstring.
+        The fused path defines reverse-mode gradients only (``jax.custom_vjp``); use
+        ``"autodiff"`` for forward-mode (``jax.jvp``, ``jax.jacfwd``).
 
     Returns:
       ``(final_carry, hs)`` with ``hs`` ``[B, T, H]``; with ``return_all_carries=True``,

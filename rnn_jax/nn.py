@@ -58,8 +58,7 @@ class RecurrentCell(nn.RNNCellBase):
     def __call__(self, carry, inputs):
         cell = _get(self.cell, self.options)
         input_size = inputs.shape[-1]
-        full_init = lambda key: cell.init(key, input_size, self.features)  # noqa: E731
-        params = {name: self.param(name, lambda key, n=name: full_init(key)[n])
+        params = {name: self.param(name, cell.init_param, name, input_size, self.features)
                   for name in cell.param_names(input_size, self.features)}
         return cell.step(params, carry, inputs)
 

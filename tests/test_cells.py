@@ -205,3 +205,14 @@ def test_carry_types():
     assert isinstance(cells.get("lstm").zeros_carry(H, (2,)), cells.LSTMCarry)
     assert isinstance(cells.get("fgr").zeros_carry(H, (2,)), cells.FGRCarry)
     assert cells.get("gru").zeros_carry(H, (2, 3)).shape == (2, 3, H)
+
+
+def test_init_param_and_get_on_instances():
+    cell = cells.get("lstm_b")
+    one = cell.init_param(jax.random.PRNGKey(0), "b_f", 3, H)
+    np.testing.assert_array_equal(np.asarray(one), np.ones(H))
+    with pytest.raises(ValueError, match=r"lstm_b has no parameter 'W_xz'; its parameters: W_hf"):
+        cell.init_param(jax.random.PRNGKey(0), "W_xz", 3, H)
+    assert cells.get(cell, init_scale=2.0).init_scale == 2.0
+    with pytest.raises(ValueError, match=r"option 'forget_bias' is fixed"):
+        cells.get(cell, forget_bias=3.0)

@@ -231,3 +231,17 @@ def test_bidirectional():
     assert out.shape == (B, T, 2 * H) and len(finals) == 2 and len(finals[0]) == 2
     with pytest.raises(ValueError, match=r"invalid merge='max'"):
         layers.bidirectional(cell, params[0], xs, merge="max")
+
+
+def test_fused_path_rejects_matmul_groups_out_of_order():
+    """A cell whose step calls its matmul groups out of declared order would get wrong dW."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Swapped(cells.GRUCell):
+        recurrent_groups = (("W_hh",), ("W_hr", "W_hz"))
+
+    cell = Swapped(name="swapped")
+    params = cell.init(jax.random.PRNGKey(0), 2, H)
+    with pytest.raises(ValueError, match=r"swapped: recurrent_step must call ops.mm once per group"):
+        layers.rnn(cell, params, jnp.ones((B, T, 2)))
