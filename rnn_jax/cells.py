@@ -262,6 +262,23 @@ class Cell:
     def _wrap_carry(self, zeros: Array):
         return zeros
 
+    def as_carry(self, carry, batch_shape, hidden_size: int, dtype):
+        """``carry`` as this cell's carry type, cast to ``dtype``, shapes checked.
+
+        A plain tuple is read in the carry type's field order: ``(c, h)`` for LSTMs, as in Flax
+        (PyTorch's ``(h, c)`` must be swapped).
+        """
+        like = self.zeros_carry(hidden_size, batch_shape, dtype)
+        leaves = jax.tree.leaves(carry)
+        expected = jax.tree.leaves(like)
+        want = tuple(batch_shape) + (hidden_size,)
+        if len(leaves) != len(expected) or any(jnp.shape(c) != want for c in leaves):
+            kind = (f"{type(like).__name__}{type(like)._fields} of arrays" if isinstance(like, tuple)
+                    else "an array")
+            raise ValueError(f"{self.name}: carry must be {kind} of shape {want},"
+                             f" got {jax.tree.map(jnp.shape, carry)}")
+        return jax.tree.unflatten(jax.tree.structure(like), [jnp.asarray(c, dtype) for c in leaves])
+
     @staticmethod
     def carry_h(carry) -> Array:
         """The output part of a carry."""
@@ -273,16 +290,22 @@ class Cell:
         """Reference step ``(carry, x) -> (carry', h')``; see the subclass's equations."""
         params = self.cast(params)
         x = self._check_x(params, x)
+        carry = self.as_carry(carry, x.shape[:-1], self.hidden_size(params), x.dtype)
         return self._reference_step(params, carry, x)
 
     def fast_step(self, params: Mapping[str, Array], carry, x: Array):
         """The layer's computation for one step (hoisted inputs, concatenated gate matmuls)."""
         params = self.cast(params)
         x = self._check_x(params, x)
+        carry = self.as_carry(carry, x.shape[:-1], self.hidden_size(params), x.dtype)
         loop = {k: params[k] for k in self.loop_params}
         return self.recurrent_step(loop, Ops(params), carry, self.project_inputs(params, x))
 
     def _check_x(self, params, x):
+        missing = sorted(set(self.param_names()) - set(params))
+        if missing:
+            raise ValueError(f"{self.name}: parameters are missing {', '.join(missing)}"
+                             f" (were they made by another cell's init?)")
         expected = self._input_size(params)
         if x.shape[-1] != expected:
             raise ValueError(
@@ -917,9 +940,12 @@ def get(name: str | Cell, **opts) -> Cell:
     ValueError: lstm: unknown option 'reset_after'; valid options: kernel_init, recurrent_init, ...
     """
     if isinstance(name, Cell):
+        allowed = [f.name for f in dataclasses.fields(name) if f.init and f.name not in ("name", "_fixed")]
         for key in opts:
             if key in name._fixed:
                 raise ValueError(f"{name.name}: option {key!r} is fixed by this variant")
+            if key not in allowed:
+                raise ValueError(f"{name.name}: unknown option {key!r}; valid options: {', '.join(allowed)}")
         return dataclasses.replace(name, **opts) if opts else name
     cls, fixed, _ = _lookup(name)
     allowed = options(name)

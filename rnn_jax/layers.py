@@ -76,6 +76,10 @@ def _reverse_within_lengths(x: Array, seq_lengths) -> Array:
 
 def _fast_sigmoid(x):
     # σ(x) = (1 + tanh(x/2)) / 2: XLA's CPU tanh is cheaper than its logistic (exp + divide).
+    # The form loses relative precision for very negative x, harmless in float32/64 (absolute
+    # error ~1e-8) but not in 16-bit types, which keep the logistic.
+    if jnp.finfo(x.dtype).bits < 32:
+        return jax.nn.sigmoid(x)
     return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
 
@@ -292,8 +296,11 @@ def rnn(
       params: the cell's parameters (``cell.init``).
       xs: inputs ``[B, T, F]`` (``[T, B, F]`` with ``time_major=True``; ``[T, F]`` unbatched).
       carry: initial carry (default: ``cell.zero_carry``).
-      seq_lengths: ``[B]`` ints; steps at or past a sequence's length are padding.
-      resets: ``[B, T]`` bools (``[T, B]`` time-major); the carry is zeroed before those steps.
+      seq_lengths: ``[B]`` ints; steps at or past a sequence's length are padding (lengths are
+        clipped to ``[0, T]``).
+      resets: ``[B, T]`` bools (``[T, B]`` time-major); ``resets[b, t]`` marks the first step of a
+        new document: the carry is zeroed before step ``t`` (with ``reverse=True``, after it, so
+        that documents stay separate in both directions). Flags in the padding are ignored.
       reverse: process each sequence from its last valid step to its first; outputs come back
         in the input's order.
       unroll: ``lax.scan`` unroll factor (1 is fastest on CPU here).
@@ -306,7 +313,8 @@ def rnn(
     Returns:
       ``(final_carry, hs)`` with ``hs`` ``[B, T, H]``; with ``return_all_carries=True``,
       ``(final_carry, carries)`` where ``carries`` is the carry pytree with a time axis at the
-      same position as in ``hs`` (its ``h`` field, or the array itself, equals ``hs``).
+      same position as in ``hs`` (its ``h`` field, or the array itself, equals ``hs`` at valid
+      steps; at padded steps it holds the last valid carry).
 
     >>> import jax, jax.numpy as jnp, rnn_jax
     >>> cell = rnn_jax.cells.get("lstm")
@@ -338,20 +346,24 @@ def rnn(
 
     params = cell.cast(params)
     dtype = cell.compute_dtype(params)
-    xs = xs.astype(dtype)
+    xs = cell._check_x(params, xs)
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)
     num_steps, batch = xs.shape[:2]
     if carry is None:
         carry = cell.zero_carry(params, (batch,))
     else:
-        carry = jax.tree.map(lambda c: jnp.asarray(c).astype(dtype), carry)
+        carry = cell.as_carry(carry, (batch,), cell.hidden_size(params), dtype)
 
     valid = None
     if seq_lengths is not None:
         seq_lengths = jnp.asarray(seq_lengths)
         if seq_lengths.shape != (batch,):
             raise ValueError(f"seq_lengths must have shape [batch]=({batch},), got {seq_lengths.shape}")
+        if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
+            raise ValueError(f"seq_lengths must be integers, got dtype {seq_lengths.dtype}")
+        # Traced values cannot be checked here: lengths outside [0, T] are clipped to it.
+        seq_lengths = jnp.clip(seq_lengths, 0, num_steps)
         valid = jnp.arange(num_steps)[:, None] < seq_lengths[None, :]
     if resets is not None:
         resets = jnp.asarray(resets, bool)
@@ -359,10 +371,16 @@ def rnn(
             resets = resets.T
         if resets.shape != (num_steps, batch):
             expected = (num_steps, batch) if time_major else (batch, num_steps)
-            raise ValueError(f"resets must have shape {expected}, got {resets.shape if time_major else resets.T.shape}")
+            got = resets.shape if time_major else resets.T.shape
+            raise ValueError(f"resets must have shape {expected}, got {got}")
+        if valid is not None:
+            resets = resets & valid  # a flag in the padding must not touch the held carry
     if reverse:
         xs = _reverse_within_lengths(xs, seq_lengths)
         if resets is not None:
+            # A document starting at step t ends, going backwards, after step t: the carry is
+            # zeroed before processing step t - 1, i.e. the flags move one step earlier.
+            resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])], axis=0)
             resets = _reverse_within_lengths(resets, seq_lengths)
     masks = (valid, resets)
 
@@ -435,6 +453,8 @@ def bidirectional(cell: cells_lib.Cell, params, xs: Array, carry=None, *, seq_le
     """
     if merge not in ("concat", "sum"):
         raise ValueError(f"invalid merge={merge!r}; allowed values: 'concat', 'sum'")
+    if kwargs.get("return_all_carries"):
+        raise ValueError("bidirectional does not take return_all_carries; call rnn on each direction for that")
     carry_fw, carry_bw = (None, None) if carry is None else carry
     c_fw, h_fw = rnn(cell, params["fw"], xs, carry_fw, seq_lengths=seq_lengths,
                      time_major=time_major, **kwargs)
@@ -474,6 +494,10 @@ def stacked_rnn(cell: cells_lib.Cell, params: Sequence[Any], xs: Array, carries=
     num_layers = len(params)
     if num_layers == 0:
         raise ValueError("stacked_rnn needs at least one layer of parameters")
+    if kwargs.get("return_all_carries"):
+        raise ValueError("stacked_rnn does not take return_all_carries; call rnn on a layer for that")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {dropout_rate!r}")
     if carries is None:
         carries = [None] * num_layers
     if len(carries) != num_layers:
@@ -490,6 +514,10 @@ def stacked_rnn(cell: cells_lib.Cell, params: Sequence[Any], xs: Array, carries=
                              time_major=time_major, **kwargs)
         if residual and out.shape == h.shape:
             out = out + h.astype(out.dtype)
+            if seq_lengths is not None:  # keep padded outputs at zero
+                t = jnp.arange(out.shape[0 if time_major else 1])
+                valid = t[:, None] < seq_lengths[None, :] if time_major else t[None, :] < seq_lengths[:, None]
+                out = jnp.where(valid[..., None], out, jnp.zeros_like(out))
         if k < num_layers - 1:
             out = dropout(keys[k], dropout_rate, out)
         finals.append(final)

@@ -131,6 +131,13 @@ def test_layouts_unroll_and_all_carries():
         final, hs = layers.rnn(cell, params, xs, carry)
         final_tm, hs_tm = layers.rnn(cell, params, jnp.swapaxes(xs, 0, 1), carry, time_major=True)
         np.testing.assert_allclose(hs_tm, jnp.swapaxes(hs, 0, 1), atol=1e-12)
+        tree_allclose(final_tm, final, 1e-12)
+        lengths = jnp.asarray(LENGTHS)
+        f_len, h_len = layers.rnn(cell, params, xs, carry, seq_lengths=lengths, reverse=True)
+        f_len_tm, h_len_tm = layers.rnn(cell, params, jnp.swapaxes(xs, 0, 1), carry, seq_lengths=lengths,
+                                        reverse=True, time_major=True)
+        np.testing.assert_allclose(h_len_tm, jnp.swapaxes(h_len, 0, 1), atol=1e-12)
+        tree_allclose(f_len_tm, f_len, 1e-12)
         final_u, carries = layers.rnn(cell, params, xs, carry, unroll=2, return_all_carries=True)
         assert isinstance(carries, cells.LSTMCarry) and carries.c.shape == (B, T, H)
         np.testing.assert_allclose(carries.h, hs, atol=1e-12)
@@ -210,6 +217,8 @@ def test_stacked_rnn_composes_layers_with_dropout_and_residual():
     _, h0 = layers.rnn(cell, stack[0], xs)  # 3 -> H: no residual
     _, h1 = layers.rnn(cell, stack[1], h0)
     np.testing.assert_allclose(res, h1 + h0, atol=1e-6)
+    _, res_len = layers.stacked_rnn(cell, stack[:2], xs, residual=True, seq_lengths=jnp.asarray(LENGTHS))
+    np.testing.assert_array_equal(np.asarray(res_len[1, 2:]), 0.0)  # padding stays zero
     with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\), got 1.0"):
         layers.stacked_rnn(cell, stack, xs, dropout_rate=1.0, dropout_key=jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match=r"got 1 carries for 3 layers"):
@@ -222,13 +231,19 @@ def test_bidirectional():
     xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, 3))
     lengths = jnp.asarray(LENGTHS)
     (c_fw, c_bw), hs = layers.bidirectional(cell, params[0], xs, seq_lengths=lengths)
-    _, h_fw = layers.rnn(cell, params[0]["fw"], xs, seq_lengths=lengths)
-    _, h_bw = layers.rnn(cell, params[0]["bw"], xs, seq_lengths=lengths, reverse=True)
+    f_fw, h_fw = layers.rnn(cell, params[0]["fw"], xs, seq_lengths=lengths)
+    f_bw, h_bw = layers.rnn(cell, params[0]["bw"], xs, seq_lengths=lengths, reverse=True)
     np.testing.assert_allclose(hs, jnp.concatenate([h_fw, h_bw], -1), atol=1e-6)
+    np.testing.assert_allclose(c_fw.c, f_fw.c, atol=1e-6)
+    np.testing.assert_allclose(c_bw.h, f_bw.h, atol=1e-6)
     _, summed = layers.bidirectional(cell, params[0], xs, seq_lengths=lengths, merge="sum")
     np.testing.assert_allclose(summed, h_fw + h_bw, atol=1e-6)
     finals, out = layers.stacked_rnn(cell, params, xs, seq_lengths=lengths, bidirectional=True)
     assert out.shape == (B, T, 2 * H) and len(finals) == 2 and len(finals[0]) == 2
+    _, second = layers.bidirectional(cell, params[1], hs, seq_lengths=lengths)
+    np.testing.assert_allclose(out, second, atol=1e-6)
+    with pytest.raises(ValueError, match=r"bidirectional does not take return_all_carries"):
+        layers.bidirectional(cell, params[0], xs, return_all_carries=True)
     with pytest.raises(ValueError, match=r"invalid merge='max'"):
         layers.bidirectional(cell, params[0], xs, merge="max")
 
@@ -245,3 +260,66 @@ def test_fused_path_rejects_matmul_groups_out_of_order():
     params = cell.init(jax.random.PRNGKey(0), 2, H)
     with pytest.raises(ValueError, match=r"swapped: recurrent_step must call ops.mm once per group"):
         layers.rnn(cell, params, jnp.ones((B, T, 2)))
+
+
+def test_initial_carry_as_plain_tuple_and_bad_carry_shape():
+    cell = cells.get("lstm")
+    params = cell.init(jax.random.PRNGKey(0), 2, H)
+    xs = jnp.ones((B, T, 2))
+    c0 = jnp.full((B, H), 0.5)
+    final_tuple, hs_tuple = layers.rnn(cell, params, xs, (c0, c0))
+    final, hs = layers.rnn(cell, params, xs, cells.LSTMCarry(c0, c0))
+    assert isinstance(final_tuple, cells.LSTMCarry)
+    np.testing.assert_allclose(hs_tuple, hs)
+    with pytest.raises(ValueError, match=r"lstm: carry must be LSTMCarry\(.c., .h.\) of arrays of shape \(3, 4\)"):
+        layers.rnn(cell, params, xs, cells.LSTMCarry(c0[:2], c0[:2]))
+
+
+def test_reverse_with_resets_keeps_documents_apart():
+    with jax.enable_x64(True):
+        cell, params, xs, carry = setup("gru", {}, 6)
+        resets = jnp.zeros((B, T), bool).at[:, 3].set(True)  # documents [0, 3) and [3, 5)
+        final, hs = layers.rnn(cell, params, xs, carry, resets=resets, reverse=True)
+        _, first = layers.rnn(cell, params, xs[:, :3], reverse=True)  # zero carry at the boundary
+        c_second, second = layers.rnn(cell, params, xs[:, 3:], carry, reverse=True)
+        np.testing.assert_allclose(hs[:, :3], first, atol=1e-12)
+        np.testing.assert_allclose(hs[:, 3:], second, atol=1e-12)
+        # The fused gradients agree with the reference on this mask too.
+        grads = [jax.grad(make_loss(cell, impl, resets=resets, reverse=True, seq_lengths=jnp.asarray(LENGTHS)),
+                          argnums=(0, 1, 2))(params, xs, carry) for impl in ("fused", "reference")]
+        tree_allclose(grads[0], grads[1], 1e-10)
+
+
+def test_reset_flags_in_padding_and_out_of_range_lengths():
+    with jax.enable_x64(True):
+        cell, params, xs, carry = _lstm64(7)
+        resets = jnp.zeros((B, T), bool).at[1, 3].set(True)  # sequence 1 has length 2: padding
+        final, _ = layers.rnn(cell, params, xs, carry, seq_lengths=jnp.asarray(LENGTHS), resets=resets)
+        one = jax.tree.map(lambda c: c[1:2], carry)
+        c_b, _ = layers.rnn(cell, params, xs[1:2, :2], one)
+        np.testing.assert_allclose(final.h[1], c_b.h[0], atol=1e-12)
+        # Lengths past T are clipped to T, forward and reversed (no NaN from the gather).
+        long = jnp.array([T + 3, 2, T])
+        for reverse in (False, True):
+            f_long, h_long = layers.rnn(cell, params, xs, carry, seq_lengths=long, reverse=reverse)
+            f_t, h_t = layers.rnn(cell, params, xs, carry, seq_lengths=jnp.array([T, 2, T]), reverse=reverse)
+            assert np.all(np.isfinite(h_long))
+            np.testing.assert_allclose(h_long, h_t, atol=1e-12)
+        with pytest.raises(ValueError, match=r"seq_lengths must be integers, got dtype float"):
+            layers.rnn(cell, params, xs, seq_lengths=jnp.array([1.0, 2.0, 3.0]))
+        with pytest.raises(ValueError, match=r"input feature size 7 does not match the parameters' input_size 3"):
+            layers.rnn(cell, params, jnp.ones((B, T, 7)))
+
+
+def test_step_accepts_plain_tuple_carry():
+    cell = cells.get("lstm")
+    params = cell.init(jax.random.PRNGKey(0), 2, H)
+    x = jnp.ones((B, 2))
+    c0 = jnp.full((B, H), 0.3)
+    for fn in (cell.step, cell.fast_step):
+        carry, h = fn(params, (c0, c0), x)
+        ref_carry, ref_h = fn(params, cells.LSTMCarry(c0, c0), x)
+        assert isinstance(carry, cells.LSTMCarry)
+        np.testing.assert_allclose(h, ref_h)
+    with pytest.raises(ValueError, match=r"gru: carry must be an array of shape \(3, 4\)"):
+        cells.get("gru").step(cells.get("gru").init(jax.random.PRNGKey(0), 2, H), (c0, c0), x)
