@@ -211,10 +211,7 @@ class Cell:
 
     def init_param(self, key: Array, name: str, input_size: int, hidden_size: int) -> Array:
         """One parameter of :meth:`init`, drawn with its own key (used by the Flax adapter)."""
-        for what, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"{self.name}: {what} must be a positive integer, got {value!r}")
-        spec = self.param_spec(int(input_size), int(hidden_size))
+        spec = self._checked_spec(input_size, hidden_size)
         if name not in spec:
             raise ValueError(f"{self.name} has no parameter {name!r}; its parameters: {', '.join(sorted(spec))}")
         shape, kind = spec[name]
@@ -227,11 +224,14 @@ class Cell:
     def _bias_value(self, name: str) -> float:
         return 0.0
 
-    def param_names(self, input_size: int = 1, hidden_size: int = 1) -> tuple[str, ...]:
+    def _checked_spec(self, input_size, hidden_size) -> dict:
         for what, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{self.name}: {what} must be a positive integer, got {value!r}")
-        return tuple(sorted(self.param_spec(int(input_size), int(hidden_size))))
+        return self.param_spec(int(input_size), int(hidden_size))
+
+    def param_names(self, input_size: int = 1, hidden_size: int = 1) -> tuple[str, ...]:
+        return tuple(sorted(self._checked_spec(input_size, hidden_size)))
 
     def compute_dtype(self, params: Mapping[str, Array]):
         if self.dtype is not None:

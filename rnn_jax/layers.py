@@ -59,6 +59,11 @@ def _apply_masks(fn, carry, valid_t, reset_t, all_carries: bool):
     return new, (new if all_carries else h)
 
 
+def _valid_mask(seq_lengths: Array, num_steps: int) -> Array:
+    """``[T, B]`` bools: step ``t`` of sequence ``b`` is before its length."""
+    return jnp.arange(num_steps)[:, None] < seq_lengths[None, :]
+
+
 def _reverse_within_lengths(x: Array, seq_lengths) -> Array:
     """Reverses time-major ``x[T, B, ...]`` along time, each sequence within its own length."""
     if seq_lengths is None:
@@ -364,7 +369,7 @@ def rnn(
             raise ValueError(f"seq_lengths must be integers, got dtype {seq_lengths.dtype}")
         # Traced values cannot be checked here: lengths outside [0, T] are clipped to it.
         seq_lengths = jnp.clip(seq_lengths, 0, num_steps)
-        valid = jnp.arange(num_steps)[:, None] < seq_lengths[None, :]
+        valid = _valid_mask(seq_lengths, num_steps)
     if resets is not None:
         resets = jnp.asarray(resets, bool)
         if not time_major:
@@ -515,8 +520,8 @@ def stacked_rnn(cell: cells_lib.Cell, params: Sequence[Any], xs: Array, carries=
         if residual and out.shape == h.shape:
             out = out + h.astype(out.dtype)
             if seq_lengths is not None:  # keep padded outputs at zero
-                t = jnp.arange(out.shape[0 if time_major else 1])
-                valid = t[:, None] < seq_lengths[None, :] if time_major else t[None, :] < seq_lengths[:, None]
+                valid = _valid_mask(jnp.asarray(seq_lengths), out.shape[0 if time_major else 1])
+                valid = valid if time_major else valid.T
                 out = jnp.where(valid[..., None], out, jnp.zeros_like(out))
         if k < num_layers - 1:
             out = dropout(keys[k], dropout_rate, out)
