@@ -57,19 +57,7 @@ def parse_config(spec: str) -> tuple[int, int, int]:
 
 def parse_cell(spec: str) -> tuple[str, dict]:
     """``"gru"`` or ``"gru:reset_after=True"`` (options separated by ``;``) -> (name, options)."""
-    import ast
-    name, _, rest = spec.partition(":")
-    options = {}
-    for item in filter(None, rest.split(";")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"invalid cell spec {spec!r}: options are key=value, e.g. gru:reset_after=True")
-        try:
-            options[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            options[key.strip()] = value.strip()
-    cells_lib.get(name, **options)  # validates name and options
-    return name, options
+    return cells_lib.parse_spec(spec)
 
 
 def matmul_flops_forward(cell: cells_lib.Cell, batch: int, steps: int, size: int) -> float:

@@ -958,3 +958,35 @@ def get(name: str | Cell, **opts) -> Cell:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{name}: unknown option {key!r}{hint}; valid options: {', '.join(allowed)}")
     return cls(name=name, **fixed, **opts, _fixed=tuple(fixed))
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``"gru"`` or ``"gru:reset_after=True"`` (options separated by ``;``) -> ``(name, options)``.
+
+    Option values are Python literals (``True``, ``1.0``, ``'orthogonal'``) or bare strings. The
+    name and options are validated as in :func:`get`.
+
+    >>> parse_spec("lstm:forget_bias=1.0;peepholes=True")
+    ('lstm', {'forget_bias': 1.0, 'peepholes': True})
+    """
+    import ast
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"a cell spec is a non-empty string like 'gru:reset_after=True', got {spec!r}")
+    name, _, rest = spec.strip().partition(":")
+    opts = {}
+    for item in filter(None, rest.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"invalid cell spec {spec!r}: options are key=value, e.g. gru:reset_after=True")
+        try:
+            opts[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            opts[key.strip()] = value.strip()
+    get(name, **opts)  # validates the name and the options
+    return name, opts
+
+
+def from_spec(spec: str, **extra) -> Cell:
+    """The cell a spec string names (see :func:`parse_spec`), with ``extra`` options added."""
+    name, opts = parse_spec(spec)
+    return get(name, **{**opts, **extra})

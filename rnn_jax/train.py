@@ -1,0 +1,597 @@
+"""Training language models: optimizer, jitted steps, truncated BPTT, runs that resume exactly.
+
+``train_and_evaluate(config, workdir)`` is the whole run (the absl main in ``experiments/train.py``
+only parses flags). A run directory holds ``config.json``, ``vocab.json``, ``metrics.jsonl`` (one
+JSON object per line: a training record for every step, an evaluation record at every
+evaluation), ``samples.txt``, ``checkpoints/{latest,best}`` and, when the run ends,
+``result.json`` (written atomically) with ``status`` = ``completed``, ``diverged`` or ``failed``.
+
+Starting in a directory that has a checkpoint resumes from it: parameters, optimizer state, step,
+the carried hidden state and the plateau-schedule counters are restored, and the data order is a
+pure function of ``(seed, step)``, so the final parameters equal those of an uninterrupted run bit
+for bit (on CPU). Records that the stopped run wrote after its last checkpoint are dropped from
+``metrics.jsonl`` and ``samples.txt`` on resume, since the resumed run writes them again.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from rnn_jax import cells as cells_lib
+from rnn_jax import configs as cfg
+from rnn_jax import data as data_lib
+from rnn_jax import lm as lm_lib
+from rnn_jax import sampling
+from rnn_jax.checkpoint import RunCheckpoints
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
+SCHEDULES = ("constant", "zaremba", "plateau", "cosine")
+BPTT_MODES = ("truncated", "full")
+DATA_KINDS = ("char", "ptb")
+# Fields that may change when a run is resumed: they change logging, not the arithmetic (a moved
+# data file is allowed; its vocabulary is checked against vocab.json).
+RESUMABLE_CHANGES = ("data.path", "data.dir", "data.tfds_data_dir", "train.num_steps", "train.num_epochs", "train.log_every", "train.eval_every",
+                     "train.checkpoint_every", "train.max_to_keep", "train.sample_length")
+
+
+# ----------------------------------------------------------------------------- config checks
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Check every field the trainer reads; raise ``ValueError`` naming the field and the allowed values."""
+    try:
+        cells_lib.parse_spec(config.cell)
+    except ValueError as e:
+        raise ValueError(f"config.cell = {config.cell!r}: {e}") from None
+    cfg.check_int("seed", config.seed, minimum=0)
+    m, t, o, d = config.model, config.train, config.optim, config.data
+    for name in ("embed_size", "hidden_size", "num_layers"):
+        cfg.check_int(f"model.{name}", m[name])
+    cfg.check_number("model.dropout", m.dropout, 0.0, 1.0)
+    for name in ("init_scale", "embed_scale", "output_scale"):
+        cfg.check_number(f"model.{name}", m[name], strict=True)
+    cfg.check_choice("model.impl", m.impl, ("fused", "autodiff", "reference"))
+    cfg.check_choice("data.kind", d.kind, DATA_KINDS)
+    if d.kind == "char" and not d.path:
+        raise ValueError("config.data.path is empty: give a UTF-8 text file (or tfds:NAME)")
+    if d.kind == "ptb" and not d.dir:
+        raise ValueError("config.data.dir is empty: give the directory with ptb.{train,valid,test}.txt")
+    for name in ("batch_size", "seq_len", "eval_batch_size", "log_every", "max_to_keep"):
+        cfg.check_int(f"train.{name}", t[name])
+    for name in ("eval_every", "checkpoint_every"):  # 0: once per epoch
+        cfg.check_int(f"train.{name}", t[name], minimum=0)
+    cfg.check_int("train.num_steps", t.num_steps, minimum=0)
+    cfg.check_int("train.num_epochs", t.num_epochs, minimum=0)
+    if t.num_steps == 0 and t.num_epochs == 0:
+        raise ValueError("config.train.num_steps and config.train.num_epochs are both 0: set one")
+    cfg.check_int("train.sample_length", t.sample_length, minimum=0)
+    cfg.check_number("train.sample_temperature", t.sample_temperature, strict=True)
+    cfg.check_choice("train.bptt", t.bptt, BPTT_MODES)
+    cfg.check_choice("optim.name", o.name, OPTIMIZERS)
+    cfg.check_number("optim.learning_rate", o.learning_rate, strict=True)
+    cfg.check_number("optim.max_norm", o.max_norm, strict=True)
+    cfg.check_number("optim.weight_decay", o.weight_decay)
+    cfg.check_number("optim.momentum", o.momentum, 0.0, 1.0)
+    s = o.schedule
+    cfg.check_choice("optim.schedule.name", s.name, SCHEDULES)
+    cfg.check_number("optim.schedule.decay_factor", s.decay_factor, minimum=1.0)
+    cfg.check_int("optim.schedule.decay_start_epoch", s.decay_start_epoch, minimum=1)
+    cfg.check_int("optim.schedule.patience", s.patience, minimum=0)
+    cfg.check_int("optim.schedule.max_halvings", s.max_halvings, minimum=0)
+    cfg.check_int("optim.schedule.warmup_steps", s.warmup_steps, minimum=0)
+    cfg.check_number("optim.schedule.decay_begin", s.decay_begin, 0.0, 1.0)
+    cfg.check_number("optim.schedule.end_fraction", s.end_fraction, 0.0)
+    try:  # cell options against sizes (MUT input terms, ...), without compiling anything
+        jax.eval_shape(make_model(config, 2).init, jax.random.PRNGKey(0))
+    except ValueError as e:
+        raise ValueError(f"config.cell = {config.cell!r} with model.embed_size={m.embed_size}, "
+                         f"model.hidden_size={m.hidden_size}: {e}") from None
+
+
+def check_data_fits(config, corpus: data_lib.Corpus) -> None:
+    t = config.train
+    need = t.batch_size * t.seq_len + 1
+    if len(corpus.train) < need:
+        raise ValueError(
+            f"the training split has {len(corpus.train)} tokens, too few for one batch of "
+            f"train.batch_size={t.batch_size} streams x train.seq_len={t.seq_len} (needs {need}); "
+            f"lower train.seq_len or train.batch_size, or use more data")
+    for split in ("valid", "test"):
+        n = len(corpus.split(split))
+        if n < t.eval_batch_size + 1:
+            raise ValueError(f"the {split} split has {n} tokens, too few for "
+                             f"train.eval_batch_size={t.eval_batch_size} streams (needs "
+                             f"{t.eval_batch_size + 1}); lower it or change data.splits")
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+def make_schedule(optim, steps_per_epoch: int = 1, num_steps: int = 1):
+    """The learning-rate schedule ``step -> lr`` (``plateau`` is constant here; the loop halves it)."""
+    lr, s = float(optim.learning_rate), optim.schedule
+    if s.name in ("constant", "plateau"):
+        return lr
+    if s.name == "zaremba":
+        # Divide by decay_factor at the start of every epoch after epoch decay_start_epoch (1-based).
+        def schedule(step):
+            epoch = step // steps_per_epoch + 1
+            return lr * jnp.asarray(s.decay_factor, jnp.float32) ** -jnp.maximum(
+                epoch - s.decay_start_epoch, 0).astype(jnp.float32)
+        return schedule
+    if s.name == "cosine":
+        warmup = min(int(s.warmup_steps), num_steps)
+        begin = max(warmup, int(round(s.decay_begin * num_steps)))
+        parts = [optax.linear_schedule(0.0, lr, warmup)] if warmup else []
+        boundaries = [warmup] if warmup else []
+        if begin > warmup:
+            parts.append(optax.constant_schedule(lr))
+            boundaries.append(begin)
+        parts.append(optax.cosine_decay_schedule(lr, max(num_steps - begin, 1), alpha=s.end_fraction))
+        return optax.join_schedules(parts, boundaries) if boundaries else parts[0]
+    raise ValueError(f"config.optim.schedule.name = {s.name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def make_optimizer(config, steps_per_epoch: int = 1, num_steps: int = 1) -> optax.GradientTransformation:
+    """``clip_by_global_norm(max_norm)`` -> [weight decay] -> optimizer with the schedule.
+
+    The chain is wrapped in ``optax.inject_hyperparams`` so the state holds the current learning
+    rate (``opt_state.hyperparams["learning_rate"]``), which the loop logs and the plateau
+    schedule changes.
+    """
+    o = config.optim if "optim" in config else config
+    cfg.check_choice("optim.name", o.name, OPTIMIZERS)
+
+    def chain(learning_rate):
+        base = {
+            "sgd": lambda: optax.sgd(learning_rate),
+            "momentum": lambda: optax.sgd(learning_rate, momentum=o.momentum),
+            "adam": lambda: optax.adam(learning_rate, b1=o.b1, b2=o.b2, eps=o.eps),
+            "rmsprop": lambda: optax.rmsprop(learning_rate, decay=o.b2, eps=o.eps),
+            "adagrad": lambda: optax.adagrad(learning_rate, eps=o.eps),
+        }[o.name]()
+        parts = [optax.clip_by_global_norm(o.max_norm)]
+        if o.weight_decay:
+            parts.append(optax.add_decayed_weights(o.weight_decay))
+        # One flat vector for all parameters: a few large fused kernels instead of several per
+        # parameter array, which cuts the XLA compile time of a training step by about 1 s.
+        return optax.flatten(optax.chain(*parts, base))
+
+    return optax.inject_hyperparams(chain)(learning_rate=make_schedule(o, steps_per_epoch, num_steps))
+
+
+def plateau_update(best: float, bad_evals: int, halvings: int, valid: float, patience: int,
+                   max_halvings: int):
+    """Jozefowicz-style plateau schedule after one evaluation.
+
+    Returns ``(best, bad_evals, halvings, halve, stop)``: the learning rate is halved when the
+    validation loss has not improved for more than ``patience`` evaluations, and the run stops once
+    it has been halved more than ``max_halvings`` times.
+    """
+    if valid < best:
+        return valid, 0, halvings, False, False
+    bad_evals += 1
+    if bad_evals <= patience:
+        return best, bad_evals, halvings, False, False
+    halvings += 1
+    return best, 0, halvings, True, halvings > max_halvings
+
+
+# ----------------------------------------------------------------------------- model and steps
+
+def make_model(config, vocab_size: int) -> lm_lib.LanguageModel:
+    m = config.model
+    cell = cells_lib.from_spec(config.cell, init_scale=m.init_scale)
+    return lm_lib.LanguageModel(cell, vocab_size, m.embed_size, m.hidden_size, m.num_layers,
+                                dropout=m.dropout, variational=m.variational,
+                                embed_scale=m.embed_scale, output_scale=m.output_scale, impl=m.impl)
+
+
+def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float):
+    """jit ``(params, opt_state, carry, inputs, targets, key) -> (params, opt_state, carry, metrics)``.
+
+    The incoming carry is a constant (``stop_gradient``): gradients flow through this chunk only.
+    """
+
+    def loss_fn(params, carry, inputs, targets, key):
+        logits, carry = model.apply(params, carry, inputs, dropout_key=key)
+        total, count = lm_lib.cross_entropy(logits, targets)
+        return total / count, carry
+
+    @jax.jit
+    def train_step(params, opt_state, carry, inputs, targets, key):
+        carry = jax.lax.stop_gradient(carry)
+        (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, carry, inputs, targets, key)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": grad_norm > max_norm,
+                   "learning_rate": opt_state.hyperparams["learning_rate"]}
+        return params, opt_state, carry, metrics
+
+    return train_step
+
+
+def make_eval_fn(model: lm_lib.LanguageModel):
+    """jit ``(params, inputs[C,B,L], targets, weights) -> (nll_sum, count)`` over the whole stream."""
+
+    @jax.jit
+    def evaluate(params, inputs, targets, weights):
+        def body(carry_and_sums, chunk):
+            carry, total, count = carry_and_sums
+            x, y, w = chunk
+            logits, carry = model.apply(params, carry, x)
+            t, c = lm_lib.cross_entropy(logits, y, w)
+            return (carry, total + t, count + c), None
+
+        init = (model.zero_carry(inputs.shape[1]), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        (_, total, count), _ = jax.lax.scan(body, init, (inputs, targets, weights))
+        return total, count
+
+    return evaluate
+
+
+# ----------------------------------------------------------------------------- run files
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_metrics(workdir: str) -> list:
+    """All records of ``metrics.jsonl`` (a torn last line from a killed process is skipped)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def _truncate_after(workdir: str, step: int) -> None:
+    """Drop records past ``step`` (a resumed run writes them again)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+        kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, path)
+    path = os.path.join(workdir, "samples.txt")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            blocks = f.read().split(SAMPLE_HEADER)
+        kept = [b for b in blocks[1:] if int(b.split(" ", 1)[0]) <= step]
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(blocks[0] + "".join(SAMPLE_HEADER + b for b in kept))
+        os.replace(tmp, path)
+
+
+SAMPLE_HEADER = "=== step "
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _prepare_config_file(config, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    new = json.loads(config.to_json_best_effort())
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        a, b = _flatten(old), _flatten(new)
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+        if changed:
+            details = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
+            raise ValueError(f"{workdir} holds a run with a different config ({details}); "
+                             f"use a fresh workdir, or change only {', '.join(RESUMABLE_CHANGES)}")
+    write_json_atomic(path, new)
+
+
+class Progress:
+    """Steps/s and ETA over training time only (evaluation and checkpointing excluded)."""
+
+    def __init__(self, first_step: int, num_steps: int):
+        self.first, self.total = first_step, num_steps
+        self.train_time = 0.0
+        self._mark = time.perf_counter()
+        self._paused = False
+
+    def pause(self):
+        self.train_time += time.perf_counter() - self._mark
+        self._paused = True
+
+    def resume(self):
+        self._mark = time.perf_counter()
+        self._paused = False
+
+    def elapsed(self) -> float:
+        """Training seconds so far (while paused: up to the pause)."""
+        return self.train_time + (0.0 if self._paused else time.perf_counter() - self._mark)
+
+    def line(self, step: int, loss: float) -> str:
+        elapsed = self.elapsed()
+        rate = (step - self.first) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        eta_s = "?" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
+        return f"step {step}/{self.total} ({100.0 * step / self.total:.0f}%) loss {loss:.4f} | {rate:.2f} steps/s | ETA {eta_s}"
+
+
+def _tensorboard(workdir: str, purge_step: int | None):
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge_step)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), tree)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=None) -> dict:
+    """Train (or resume) the run in ``workdir``; returns the contents of ``result.json``."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    validate_config(config)
+    corpus = data_lib.load_corpus(config.data)
+    check_data_fits(config, corpus)
+    t = config.train
+    os.makedirs(workdir, exist_ok=True)
+    _prepare_config_file(config, workdir)
+    vocab_path = os.path.join(workdir, "vocab.json")
+    if os.path.exists(vocab_path):
+        data_lib.Vocab.load(vocab_path).check_same(corpus.vocab, f"resuming in {workdir}")
+    else:
+        corpus.vocab.save(vocab_path)
+
+    steps_per_epoch = (data_lib.tbptt_steps_per_epoch(len(corpus.train), t.batch_size, t.seq_len)
+                       if t.bptt == "truncated"
+                       else max(1, (len(corpus.train) - 1) // (t.batch_size * t.seq_len)))
+    num_steps = t.num_steps or t.num_epochs * steps_per_epoch
+    eval_every = t.eval_every or steps_per_epoch
+    checkpoint_every = t.checkpoint_every or steps_per_epoch
+    model = make_model(config, len(corpus.vocab))
+    optimizer = make_optimizer(config, steps_per_epoch, num_steps)
+    train_step = make_train_step(model, optimizer, config.optim.max_norm)
+    evaluate = make_eval_fn(model)
+    word_level = corpus.vocab.level == "word"
+
+    key = jax.random.PRNGKey(config.seed)
+    init_key, dropout_base, sample_base = jax.random.split(key, 3)
+    params = model.init(init_key)
+    state = {"step": jnp.zeros((), jnp.int32), "opt_state": optimizer.init(params),
+             "carry": model.zero_carry(t.batch_size),
+             "sched": {"best_valid": jnp.asarray(jnp.inf, jnp.float32),
+                       "bad_evals": jnp.zeros((), jnp.int32), "halvings": jnp.zeros((), jnp.int32)}}
+    checkpoints = RunCheckpoints(workdir, t.max_to_keep)
+    result_path = os.path.join(workdir, "result.json")
+    restored = checkpoints.restore("latest", _abstract(params), _abstract(state))
+    if restored is not None:
+        params, state, meta = restored
+        start = int(state["step"])
+        time_offsets = (float(meta.get("elapsed_s", 0.0)), float(meta.get("train_time_s", 0.0)))
+        _truncate_after(workdir, start)
+        log(f"resuming {workdir} at step {start}")
+    else:
+        start = 0
+        time_offsets = (0.0, 0.0)
+        _truncate_after(workdir, 0)
+    if os.path.exists(result_path):
+        os.remove(result_path)  # the run is live again; a new result is written when it ends
+
+    streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
+    eval_data = {s: data_lib.eval_chunks(corpus.split(s), t.eval_batch_size, t.seq_len)
+                 for s in ("valid", "test")}
+    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    samples_file = open(os.path.join(workdir, "samples.txt"), "a", encoding="utf-8")
+    tb = _tensorboard(workdir, purge_step=start + 1 if start else None)
+    progress = Progress(start, num_steps)
+    trained_before = 0.0  # training seconds of this process before `progress` was last reset
+    pending: list = []
+    last_good_loss = float("nan")
+    started = time.time()
+    status, error = "completed", None
+    best = {"step": None, "valid_loss": None}
+    if restored is not None and math.isfinite(float(state["sched"]["best_valid"])):
+        best = {"step": checkpoints.latest_step("best"), "valid_loss": float(state["sched"]["best_valid"])}
+
+    def eval_loss(p, split):
+        total, count = evaluate(p, *map(jnp.asarray, eval_data[split]))
+        return float(total) / float(count)
+
+    def flush() -> bool:
+        """Write pending step records; False when a loss is not finite."""
+        nonlocal last_good_loss
+        if not pending:
+            return True
+        values = jax.device_get([m for _, m in pending])
+        ok = True
+        for (step, _), m in zip(pending, values):
+            record = {"step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
+                      "clipped": bool(m["clipped"]), "learning_rate": float(f"{float(m['learning_rate']):.7g}")}
+            if not math.isfinite(record["loss"]):
+                ok = False
+                metrics_file.write(json.dumps({**record, "loss": str(record["loss"])}) + "\n")
+                break
+            last_good_loss = record["loss"]
+            metrics_file.write(json.dumps(record) + "\n")
+            if tb is not None:
+                for k in ("loss", "grad_norm", "learning_rate"):
+                    tb.add_scalar(f"train/{k}", record[k], step)
+        metrics_file.flush()
+        pending.clear()
+        return ok
+
+    def write_sample(step: int, valid_loss: float, p) -> None:
+        if not t.sample_length:
+            return
+        prime = corpus.valid[:1]
+        tokens = sampling.sample(model, p, jnp.asarray(prime), jax.random.fold_in(sample_base, step),
+                                 length=t.sample_length, temperature=float(t.sample_temperature))
+        text = corpus.vocab.decode(np.concatenate([prime, np.asarray(tokens[0])]))
+        samples_file.write(f"{SAMPLE_HEADER}{step} (valid loss {valid_loss:.4f}) ===\n{text}\n\n")
+        samples_file.flush()
+
+    def times() -> dict:
+        """Cumulative seconds over all sessions of this run: wall clock, and training only."""
+        return {"elapsed_s": time_offsets[0] + time.time() - started,
+                "train_time_s": time_offsets[1] + trained_before + progress.elapsed()}
+
+    def save(step: int) -> None:
+        meta = {"step": step, "time": time.time(), **times()}
+        checkpoints.save("latest", step, params, state, meta)
+
+    try:
+        step = start
+        while step < num_steps:
+            if t.bptt == "truncated":
+                inputs, targets, new_epoch = data_lib.tbptt_batch(streams, step, t.seq_len)
+                carry = model.zero_carry(t.batch_size) if new_epoch else state["carry"]
+            else:
+                inputs, targets = data_lib.window_batch(corpus.train, config.seed, step, t.batch_size, t.seq_len)
+                carry = model.zero_carry(t.batch_size)
+            params, opt_state, carry, metrics = train_step(
+                params, state["opt_state"], carry, inputs, targets, jax.random.fold_in(dropout_base, step))
+            step += 1
+            state = {**state, "step": jnp.asarray(step, jnp.int32), "opt_state": opt_state, "carry": carry}
+            pending.append((step, metrics))
+            last = step == num_steps
+            do_eval = step % eval_every == 0 or last
+            do_save = do_eval or step % checkpoint_every == 0
+            if step % t.log_every == 0 or do_save or step == start + 1:
+                if not flush():
+                    status = "diverged"
+                    log(f"step {step}: non-finite loss; stopping (the last good checkpoint is kept)")
+                    break
+                log(progress.line(step, last_good_loss))
+                if step == start + 1:  # exclude the first step (compilation) from the rate
+                    trained_before = progress.elapsed()
+                    progress = Progress(step, num_steps)
+            if not do_save:
+                continue
+            progress.pause()
+            stop = False
+            if do_eval:
+                valid = eval_loss(params, "valid")
+                record = {"step": step, "valid_loss": valid, **times()}
+                if word_level:
+                    record["valid_perplexity"] = math.exp(min(valid, 700.0))
+                sched = state["sched"]
+                improved = valid < float(sched["best_valid"])
+                best_v, bad, halvings, halve, stop = plateau_update(
+                    float(sched["best_valid"]), int(sched["bad_evals"]), int(sched["halvings"]), valid,
+                    config.optim.schedule.patience, config.optim.schedule.max_halvings)
+                if config.optim.schedule.name != "plateau":
+                    halve = stop = False
+                    bad, halvings = 0, 0
+                if halve:
+                    hp = dict(state["opt_state"].hyperparams)
+                    hp["learning_rate"] = hp["learning_rate"] * 0.5
+                    state["opt_state"] = state["opt_state"]._replace(hyperparams=hp)
+                    record["halved_learning_rate"] = float(hp["learning_rate"])
+                sched = {"best_valid": jnp.asarray(best_v, jnp.float32),
+                         "bad_evals": jnp.asarray(bad, jnp.int32), "halvings": jnp.asarray(halvings, jnp.int32)}
+                state["sched"] = sched
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                if tb is not None:
+                    tb.add_scalar("valid/loss", valid, step)
+                log(f"step {step}: valid loss {valid:.4f}" + (f" (perplexity {record['valid_perplexity']:.2f})" if word_level else ""))
+                write_sample(step, valid, params)
+                if improved:
+                    best = {"step": step, "valid_loss": valid}
+                    checkpoints.save("best", step, params, state, {"step": step, "valid_loss": valid})
+            save(step)
+            progress.resume()
+            if stop:
+                log(f"step {step}: learning rate halved {config.optim.schedule.max_halvings + 1} times "
+                    f"without improvement; stopping")
+                break
+        flush()
+        checkpoints.wait()
+    except BaseException as e:
+        checkpoints.wait()
+        metrics_file.close()
+        samples_file.close()
+        if tb is not None:
+            tb.close()
+        if isinstance(e, Exception):
+            write_json_atomic(result_path, {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                            "step": int(state["step"]), "num_steps": num_steps})
+        checkpoints.close()
+        raise
+
+    result = {"status": status, "step": int(state["step"]), "num_steps": num_steps,
+              "steps_per_epoch": steps_per_epoch, "num_params": lm_lib.num_params(params),
+              "final_train_loss": last_good_loss, "best_step": best["step"],
+              "best_valid_loss": best["valid_loss"], **times(), "level": corpus.vocab.level}
+    if status == "completed":
+        result["final_valid_loss"] = eval_loss(params, "valid")
+        result["final_test_loss"] = eval_loss(params, "test")
+        if best["step"] is not None:
+            best_params = checkpoints.restore("best", _abstract(params))[0]
+            result["test_loss"] = eval_loss(best_params, "test")
+        if word_level:
+            for k in ("final_valid_loss", "final_test_loss", "best_valid_loss", "test_loss"):
+                if result.get(k) is not None:
+                    result[k.replace("loss", "perplexity")] = math.exp(min(result[k], 700.0))
+    metrics_file.close()
+    samples_file.close()
+    if tb is not None:
+        tb.close()
+    checkpoints.close()
+    write_json_atomic(result_path, result)
+    log(f"{status}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in result.items() if "loss" in k or "perplexity" in k))
+    return result
+
+
+def load_run(workdir: str, which: str = "best"):
+    """``(model, params, vocab, config)`` of a run directory, from its best (else latest) checkpoint."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} has no config.json: not a run directory")
+    with open(path, encoding="utf-8") as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    vocab = data_lib.Vocab.load(os.path.join(workdir, "vocab.json"))
+    model = make_model(config, len(vocab))
+    params_like = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    checkpoints = RunCheckpoints(workdir, config.train.max_to_keep)
+    try:
+        order = ("best", "latest") if which == "best" else ("latest", "best")
+        for kind in order:
+            restored = checkpoints.restore(kind, params_like)
+            if restored is not None:
+                return model, restored[0], vocab, config
+    finally:
+        checkpoints.close()
+    raise FileNotFoundError(f"{workdir} has no checkpoint yet")
