@@ -16,7 +16,8 @@ import numpy as np
 from rnn_jax import sampling, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
-_PRIME = flags.DEFINE_string("prime", "\n", "Text the samples continue (char level) or words (word level).")
+_PRIME = flags.DEFINE_string("prime", None, "Text the samples continue (char level) or words (word "
+                             "level). Default: a newline (char) or <eos> (word).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Softmax temperature (> 0).")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
 _LENGTH = flags.DEFINE_integer("length", 500, "Tokens to generate per sample.")
@@ -32,12 +33,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     sampling.check_sampling_args(_TEMPERATURE.value, _TOP_K.value, _LENGTH.value, _NUM_SAMPLES.value)
     model, params, vocab, _ = train.load_run(_WORKDIR.value, _CHECKPOINT.value)
-    if not _PRIME.value:
-        raise app.UsageError("--prime must not be empty (it gives the model its first input)")
+    prime_text = _PRIME.value if _PRIME.value is not None else ("\n" if vocab.level == "char" else "<eos>")
     try:
-        prime = vocab.encode(_PRIME.value)
+        prime = vocab.encode(prime_text)
     except ValueError as e:
         raise app.UsageError(f"--prime: {e}")
+    if len(prime) == 0:
+        raise app.UsageError("--prime must contain at least one token (it gives the model its first input)")
     tokens = sampling.sample(model, params, jnp.asarray(prime), jax.random.PRNGKey(_SEED.value),
                              length=_LENGTH.value, num_samples=_NUM_SAMPLES.value,
                              temperature=_TEMPERATURE.value, top_k=_TOP_K.value, greedy=_GREEDY.value)
@@ -45,7 +47,7 @@ def main(argv):
     for i, row in enumerate(np.asarray(tokens)):
         if _NUM_SAMPLES.value > 1:
             print(f"--- sample {i + 1} ---")
-        sys.stdout.write(_PRIME.value + sep + vocab.decode(row) + "\n")
+        sys.stdout.write(prime_text + sep + vocab.decode(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -986,7 +986,8 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, opts
 
 
-def from_spec(spec: str, **extra) -> Cell:
-    """The cell a spec string names (see :func:`parse_spec`), with ``extra`` options added."""
+def from_spec(spec: str, **defaults) -> Cell:
+    """The cell a spec string names (see :func:`parse_spec`); ``defaults`` fill options the spec
+    does not set (the spec wins)."""
     name, opts = parse_spec(spec)
-    return get(name, **{**opts, **extra})
+    return get(name, **{**defaults, **opts})

@@ -16,7 +16,11 @@ def read_result(workdir: str) -> dict | None:
 
 
 def learning_curves(workdir: str):
-    """``(train, valid)``: lists of ``(step, elapsed training seconds or None, loss)``."""
+    """``(train, valid)``: lists of ``(step, wall-clock seconds since the run began or None, loss)``.
+
+    The seconds are the run's cumulative wall clock at each evaluation (``elapsed_s``: training,
+    evaluation, checkpointing and compilation, summed over resumed sessions).
+    """
     from rnn_jax.train import read_metrics
 
     train, valid = [], []

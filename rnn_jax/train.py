@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import functools
 import json
+import hashlib
 import math
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -39,11 +41,25 @@ from rnn_jax.checkpoint import RunCheckpoints
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "zaremba", "plateau", "cosine")
 BPTT_MODES = ("truncated", "full")
+LOSS_REDUCTIONS = ("mean", "sum_time")
 DATA_KINDS = ("char", "ptb")
 # Fields that may change when a run is resumed: they change logging, not the arithmetic (a moved
-# data file is allowed; its vocabulary is checked against vocab.json).
-RESUMABLE_CHANGES = ("data.path", "data.dir", "data.tfds_data_dir", "train.num_steps", "train.num_epochs", "train.log_every", "train.eval_every",
+# data file is allowed: the data's fingerprint in corpus.json is checked). The run length and the
+# evaluation period may change only where the schedule does not depend on them (see
+# `_schedule_fields`).
+RESUMABLE_CHANGES = ("data.path", "data.dir", "data.tfds_data_dir", "train.num_steps",
+                     "train.num_epochs", "train.log_every", "train.eval_every",
                      "train.checkpoint_every", "train.max_to_keep", "train.sample_length")
+
+
+def _schedule_fields(config) -> tuple:
+    """Fields whose change would change the learning rates of a resumed run."""
+    name = config.optim.schedule.name
+    if name == "cosine":
+        return ("train.num_steps", "train.num_epochs")
+    if name == "plateau":
+        return ("train.num_steps", "train.num_epochs", "train.eval_every")
+    return ()
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -62,6 +78,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for name in ("init_scale", "embed_scale", "output_scale"):
         cfg.check_number(f"model.{name}", m[name], strict=True)
     cfg.check_choice("model.impl", m.impl, ("fused", "autodiff", "reference"))
+    cfg.check_choice("model.variational", m.variational, (False, True))
     cfg.check_choice("data.kind", d.kind, DATA_KINDS)
     if d.kind == "char" and not d.path:
         raise ValueError("config.data.path is empty: give a UTF-8 text file (or tfds:NAME)")
@@ -69,6 +86,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.data.dir is empty: give the directory with ptb.{train,valid,test}.txt")
     for name in ("batch_size", "seq_len", "eval_batch_size", "log_every", "max_to_keep"):
         cfg.check_int(f"train.{name}", t[name])
+    cfg.check_int("train.test_batch_size", t.test_batch_size, minimum=0)
+    cfg.check_choice("train.loss_reduction", t.loss_reduction, LOSS_REDUCTIONS)
     for name in ("eval_every", "checkpoint_every"):  # 0: once per epoch
         cfg.check_int(f"train.{name}", t[name], minimum=0)
     cfg.check_int("train.num_steps", t.num_steps, minimum=0)
@@ -83,6 +102,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     cfg.check_number("optim.max_norm", o.max_norm, strict=True)
     cfg.check_number("optim.weight_decay", o.weight_decay)
     cfg.check_number("optim.momentum", o.momentum, 0.0, 1.0)
+    for name in ("b1", "b2", "rmsprop_decay"):
+        cfg.check_number(f"optim.{name}", o[name], 0.0, 1.0)
+    cfg.check_number("optim.eps", o.eps, strict=True)
     s = o.schedule
     cfg.check_choice("optim.schedule.name", s.name, SCHEDULES)
     cfg.check_number("optim.schedule.decay_factor", s.decay_factor, minimum=1.0)
@@ -107,12 +129,14 @@ def check_data_fits(config, corpus: data_lib.Corpus) -> None:
             f"the training split has {len(corpus.train)} tokens, too few for one batch of "
             f"train.batch_size={t.batch_size} streams x train.seq_len={t.seq_len} (needs {need}); "
             f"lower train.seq_len or train.batch_size, or use more data")
-    for split in ("valid", "test"):
+    for split, field, size in (("valid", "eval_batch_size", t.eval_batch_size),
+                               ("test", "test_batch_size" if t.test_batch_size else "eval_batch_size",
+                                t.test_batch_size or t.eval_batch_size)):
         n = len(corpus.split(split))
-        if n < t.eval_batch_size + 1:
+        if n < size + 1:
             raise ValueError(f"the {split} split has {n} tokens, too few for "
-                             f"train.eval_batch_size={t.eval_batch_size} streams (needs "
-                             f"{t.eval_batch_size + 1}); lower it or change data.splits")
+                             f"train.{field}={size} streams (needs {size + 1}); lower it or "
+                             f"change data.splits")
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -145,6 +169,9 @@ def make_schedule(optim, steps_per_epoch: int = 1, num_steps: int = 1):
 def make_optimizer(config, steps_per_epoch: int = 1, num_steps: int = 1) -> optax.GradientTransformation:
     """``clip_by_global_norm(max_norm)`` -> [weight decay] -> optimizer with the schedule.
 
+    Weight decay is coupled L2 (``optax.add_decayed_weights`` adds ``weight_decay · params`` to the
+    clipped gradient before the optimizer), on every parameter, embeddings and biases included.
+
     The chain is wrapped in ``optax.inject_hyperparams`` so the state holds the current learning
     rate (``opt_state.hyperparams["learning_rate"]``), which the loop logs and the plateau
     schedule changes.
@@ -157,7 +184,7 @@ def make_optimizer(config, steps_per_epoch: int = 1, num_steps: int = 1) -> opta
             "sgd": lambda: optax.sgd(learning_rate),
             "momentum": lambda: optax.sgd(learning_rate, momentum=o.momentum),
             "adam": lambda: optax.adam(learning_rate, b1=o.b1, b2=o.b2, eps=o.eps),
-            "rmsprop": lambda: optax.rmsprop(learning_rate, decay=o.b2, eps=o.eps),
+            "rmsprop": lambda: optax.rmsprop(learning_rate, decay=o.rmsprop_decay, eps=o.eps),
             "adagrad": lambda: optax.adagrad(learning_rate, eps=o.eps),
         }[o.name]()
         parts = [optax.clip_by_global_norm(o.max_norm)]
@@ -191,32 +218,45 @@ def plateau_update(best: float, bad_evals: int, halvings: int, valid: float, pat
 
 def make_model(config, vocab_size: int) -> lm_lib.LanguageModel:
     m = config.model
-    cell = cells_lib.from_spec(config.cell, init_scale=m.init_scale)
+    cell = cells_lib.from_spec(config.cell, init_scale=m.init_scale, kernel_init=m.kernel_init,
+                               recurrent_init=m.recurrent_init)
     return lm_lib.LanguageModel(cell, vocab_size, m.embed_size, m.hidden_size, m.num_layers,
                                 dropout=m.dropout, variational=m.variational,
                                 embed_scale=m.embed_scale, output_scale=m.output_scale, impl=m.impl)
 
 
-def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float):
+def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float,
+                    loss_reduction: str = "mean"):
     """jit ``(params, opt_state, carry, inputs, targets, key) -> (params, opt_state, carry, metrics)``.
 
     The incoming carry is a constant (``stop_gradient``): gradients flow through this chunk only.
+    The differentiated loss is the mean NLL per token (``loss_reduction="mean"``) or, as in
+    Zaremba et al.'s code, summed over time and averaged over the batch (``"sum_time"``); the
+    logged ``loss`` is always the mean per token. ``finite`` says whether the loss, the gradient
+    norm and the new parameters are all finite.
     """
+    cfg.check_choice("train.loss_reduction", loss_reduction, LOSS_REDUCTIONS)
 
     def loss_fn(params, carry, inputs, targets, key):
         logits, carry = model.apply(params, carry, inputs, dropout_key=key)
         total, count = lm_lib.cross_entropy(logits, targets)
-        return total / count, carry
+        mean = total / count
+        objective = mean * inputs.shape[1] if loss_reduction == "sum_time" else mean
+        return objective, (mean, carry)
 
     @jax.jit
     def train_step(params, opt_state, carry, inputs, targets, key):
         carry = jax.lax.stop_gradient(carry)
-        (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, carry, inputs, targets, key)
+        (_, (loss, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, carry, inputs, targets, key)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        for leaf in jax.tree.leaves(params):
+            finite &= jnp.all(jnp.isfinite(leaf))
         metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": grad_norm > max_norm,
-                   "learning_rate": opt_state.hyperparams["learning_rate"]}
+                   "learning_rate": opt_state.hyperparams["learning_rate"], "finite": finite}
         return params, opt_state, carry, metrics
 
     return train_step
@@ -243,10 +283,21 @@ def make_eval_fn(model: lm_lib.LanguageModel):
 
 # ----------------------------------------------------------------------------- run files
 
+def _json_safe(obj):
+    """NaN and infinities become strings ("nan", "inf"): strict JSON has no such numbers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        json.dump(_json_safe(obj), f, indent=2, sort_keys=True, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -279,15 +330,22 @@ def _truncate_after(workdir: str, step: int) -> None:
     path = os.path.join(workdir, "samples.txt")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            blocks = f.read().split(SAMPLE_HEADER)
-        kept = [b for b in blocks[1:] if int(b.split(" ", 1)[0]) <= step]
+            text = f.read()
+        # blocks start at header lines "=== step N (valid loss X) ==="; generated text may contain
+        # anything, so a block ends only where the next well-formed header line starts
+        starts = [m.start() for m in _SAMPLE_HEADER_RE.finditer(text)]
+        kept = [text[:starts[0]] if starts else text]
+        for a, b in zip(starts, starts[1:] + [len(text)]):
+            if int(_SAMPLE_HEADER_RE.match(text, a).group(1)) <= step:
+                kept.append(text[a:b])
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(blocks[0] + "".join(SAMPLE_HEADER + b for b in kept))
+            f.write("".join(kept))
         os.replace(tmp, path)
 
 
 SAMPLE_HEADER = "=== step "
+_SAMPLE_HEADER_RE = re.compile(r"^=== step (\d+) \(valid loss [^\n]*\) ===$", re.MULTILINE)
 
 
 def _flatten(d, prefix=""):
@@ -300,19 +358,35 @@ def _flatten(d, prefix=""):
     return out
 
 
-def _prepare_config_file(config, workdir: str) -> None:
+def _check_config_file(config, workdir: str) -> dict:
+    """The config as JSON; raises when ``workdir`` holds a run whose config differs in a field
+    that a resumed run may not change."""
     path = os.path.join(workdir, "config.json")
     new = json.loads(config.to_json_best_effort())
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
         a, b = _flatten(old), _flatten(new)
-        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+        allowed = [k for k in RESUMABLE_CHANGES if k not in _schedule_fields(config)]
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in allowed)
         if changed:
             details = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
             raise ValueError(f"{workdir} holds a run with a different config ({details}); "
-                             f"use a fresh workdir, or change only {', '.join(RESUMABLE_CHANGES)}")
-    write_json_atomic(path, new)
+                             f"use a fresh workdir; a resumed run may change only {', '.join(allowed)}"
+                             f" (with the {config.optim.schedule.name!r} schedule)")
+    return new
+
+
+def corpus_fingerprint(corpus: data_lib.Corpus) -> dict:
+    """Sizes and SHA-256 of each split's token ids (saved as corpus.json, checked on resume)."""
+    return {split: {"tokens": int(len(corpus.split(split))),
+                    "sha256": hashlib.sha256(np.ascontiguousarray(corpus.split(split), np.int32).tobytes()).hexdigest()}
+            for split in ("train", "valid", "test")}
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class Progress:
@@ -340,8 +414,9 @@ class Progress:
         elapsed = self.elapsed()
         rate = (step - self.first) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("nan")
-        eta_s = "?" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-        return f"step {step}/{self.total} ({100.0 * step / self.total:.0f}%) loss {loss:.4f} | {rate:.2f} steps/s | ETA {eta_s}"
+        eta_s = "?" if not math.isfinite(eta) else _hms(eta)
+        loss_s = "?" if loss is None else f"{loss:.4f}"
+        return f"step {step}/{self.total} ({100.0 * step / self.total:.0f}%) loss {loss_s} | {rate:.2f} steps/s | ETA {eta_s}"
 
 
 def _tensorboard(workdir: str, purge_step: int | None):
@@ -365,13 +440,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     corpus = data_lib.load_corpus(config.data)
     check_data_fits(config, corpus)
     t = config.train
-    os.makedirs(workdir, exist_ok=True)
-    _prepare_config_file(config, workdir)
+    config_json = _check_config_file(config, workdir)
     vocab_path = os.path.join(workdir, "vocab.json")
+    fingerprint_path = os.path.join(workdir, "corpus.json")
+    fingerprint = corpus_fingerprint(corpus)
     if os.path.exists(vocab_path):
         data_lib.Vocab.load(vocab_path).check_same(corpus.vocab, f"resuming in {workdir}")
-    else:
+    if os.path.exists(fingerprint_path):
+        with open(fingerprint_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved != fingerprint:
+            diff = [s for s in fingerprint if saved.get(s) != fingerprint[s]]
+            raise ValueError(f"resuming in {workdir}: the data differ from the run's data in the "
+                             f"{', '.join(diff)} split(s) (corpus.json); use a fresh workdir for "
+                             f"different data")
+    os.makedirs(workdir, exist_ok=True)
+    write_json_atomic(os.path.join(workdir, "config.json"), config_json)
+    if not os.path.exists(vocab_path):
         corpus.vocab.save(vocab_path)
+    write_json_atomic(fingerprint_path, fingerprint)
 
     steps_per_epoch = (data_lib.tbptt_steps_per_epoch(len(corpus.train), t.batch_size, t.seq_len)
                        if t.bptt == "truncated"
@@ -381,7 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     checkpoint_every = t.checkpoint_every or steps_per_epoch
     model = make_model(config, len(corpus.vocab))
     optimizer = make_optimizer(config, steps_per_epoch, num_steps)
-    train_step = make_train_step(model, optimizer, config.optim.max_norm)
+    train_step = make_train_step(model, optimizer, config.optim.max_norm, t.loss_reduction)
     evaluate = make_eval_fn(model)
     word_level = corpus.vocab.level == "word"
 
@@ -399,25 +486,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         params, state, meta = restored
         start = int(state["step"])
         time_offsets = (float(meta.get("elapsed_s", 0.0)), float(meta.get("train_time_s", 0.0)))
+        losses = [r["loss"] for r in read_metrics(workdir)
+                  if isinstance(r.get("loss"), (int, float)) and r["step"] <= start]
         _truncate_after(workdir, start)
         log(f"resuming {workdir} at step {start}")
     else:
         start = 0
         time_offsets = (0.0, 0.0)
         _truncate_after(workdir, 0)
+        losses = []
     if os.path.exists(result_path):
         os.remove(result_path)  # the run is live again; a new result is written when it ends
 
     streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
-    eval_data = {s: data_lib.eval_chunks(corpus.split(s), t.eval_batch_size, t.seq_len)
-                 for s in ("valid", "test")}
+    eval_data = {"valid": data_lib.eval_chunks(corpus.valid, t.eval_batch_size, t.seq_len),
+                 "test": data_lib.eval_chunks(corpus.test, t.test_batch_size or t.eval_batch_size, t.seq_len)}
     metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     samples_file = open(os.path.join(workdir, "samples.txt"), "a", encoding="utf-8")
-    tb = _tensorboard(workdir, purge_step=start + 1 if start else None)
+    tb = _tensorboard(workdir, purge_step=start + 1)
     progress = Progress(start, num_steps)
     trained_before = 0.0  # training seconds of this process before `progress` was last reset
     pending: list = []
-    last_good_loss = float("nan")
+    last_good_loss = losses[-1] if losses else None
     started = time.time()
     status, error = "completed", None
     best = {"step": None, "valid_loss": None}
@@ -438,9 +528,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         for (step, _), m in zip(pending, values):
             record = {"step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
                       "clipped": bool(m["clipped"]), "learning_rate": float(f"{float(m['learning_rate']):.7g}")}
-            if not math.isfinite(record["loss"]):
+            if not bool(m["finite"]):
                 ok = False
-                metrics_file.write(json.dumps({**record, "loss": str(record["loss"])}) + "\n")
+                metrics_file.write(json.dumps(_json_safe(record)) + "\n")
                 break
             last_good_loss = record["loss"]
             metrics_file.write(json.dumps(record) + "\n")
@@ -469,6 +559,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     def save(step: int) -> None:
         meta = {"step": step, "time": time.time(), **times()}
         checkpoints.save("latest", step, params, state, meta)
+
+    if (config.optim.schedule.name == "plateau"
+            and int(state["sched"]["halvings"]) > config.optim.schedule.max_halvings):
+        num_steps = start  # the plateau rule already stopped this run
+        log(f"{workdir}: stopped earlier by the plateau rule at step {start}")
 
     try:
         step = start

@@ -187,24 +187,78 @@ def test_clipping_is_reported_when_the_norm_exceeds_max_norm(tmp_path, corpus_pa
     assert not any(r["clipped"] for r in records)
 
 
-def test_stop_and_resume_gives_identical_parameters(tmp_path, corpus_path):
+def _records(workdir):
+    """metrics.jsonl without the timing fields, and the sample headers."""
+    records = [{k: v for k, v in r.items() if k not in ("elapsed_s", "train_time_s")}
+               for r in train.read_metrics(str(workdir))]
+    headers = [line for line in (workdir / "samples.txt").read_text().splitlines()
+               if line.startswith("=== step ")]
+    return records, headers
+
+
+@pytest.mark.parametrize("bptt", ["truncated", "full"])
+def test_stop_and_resume_gives_identical_parameters(tmp_path, corpus_path, bptt):
+    def config(steps):
+        c = tiny_config(corpus_path, num_steps=steps, bptt=bptt, eval_every=4)
+        c.model.dropout = 0.2  # dropout keys must follow the step, not the session
+        return c
+
     full = tmp_path / "full"
-    train.train_and_evaluate(tiny_config(corpus_path), str(full), log=lambda m: None)
+    train.train_and_evaluate(config(12), str(full), log=lambda m: None)
     parts = tmp_path / "parts"
-    train.train_and_evaluate(tiny_config(corpus_path, num_steps=5), str(parts), log=lambda m: None)
-    result = train.train_and_evaluate(tiny_config(corpus_path), str(parts), log=lambda m: None)
+    train.train_and_evaluate(config(5), str(parts), log=lambda m: None)
+    result = train.train_and_evaluate(config(12), str(parts), log=lambda m: None)
     assert result["step"] == 12
     _assert_trees_equal(_params(str(full)), _params(str(parts)))
-    a = [r for r in train.read_metrics(str(full)) if "loss" in r]
-    b = [r for r in train.read_metrics(str(parts)) if "loss" in r]
-    assert a == b  # the resumed run's log has no gaps or duplicates and the same numbers
+    # the log has no gaps or duplicates and the same numbers, except the extra evaluation the
+    # stopped run made at its last step (5)
+    a_records, a_headers = _records(full)
+    b_records, b_headers = _records(parts)
+    assert [r for r in b_records if not ("valid_loss" in r and r["step"] == 5)] == a_records
+    assert [h for h in b_headers if not h.startswith("=== step 5 ")] == a_headers
 
 
-def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_path):
+def test_resume_refuses_a_new_length_when_the_schedule_depends_on_it(tmp_path, corpus_path):
+    config = tiny_config(corpus_path, num_steps=3)
+    config.optim.schedule.name = "cosine"
+    train.train_and_evaluate(config, str(tmp_path / "run"), log=lambda m: None)
+    config.train.num_steps = 6
+    with pytest.raises(ValueError, match=r"train.num_steps: 3 -> 6.*with the 'cosine' schedule"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_samples_truncation_survives_header_like_text(tmp_path):
+    (tmp_path / "samples.txt").write_text(
+        "=== step 2 (valid loss 3.0000) ===\nabc\n=== step 9 ===\n\n"
+        "=== step 4 (valid loss 2.0000) ===\nxyz\n\n", encoding="utf-8")
+    train._truncate_after(str(tmp_path), 3)
+    assert (tmp_path / "samples.txt").read_text() == "=== step 2 (valid loss 3.0000) ===\nabc\n=== step 9 ===\n\n"
+
+
+def test_failure_is_recorded_and_raised(tmp_path, corpus_path, monkeypatch):
+    real = data.tbptt_batch
+
+    def failing(streams, step, seq_len):
+        if step == 4:
+            raise RuntimeError("disk on fire")
+        return real(streams, step, seq_len)
+
+    monkeypatch.setattr(data, "tbptt_batch", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train.train_and_evaluate(tiny_config(corpus_path), str(tmp_path / "run"), log=lambda m: None)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "failed" and "disk on fire" in result["error"] and result["step"] == 4
+    monkeypatch.setattr(data, "tbptt_batch", real)  # the failed run resumes from its checkpoint
+    resumed = train.train_and_evaluate(tiny_config(corpus_path), str(tmp_path / "run"), log=lambda m: None)
+    assert resumed["status"] == "completed" and resumed["step"] == 12
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_path, monkeypatch):
     config = tiny_config(corpus_path, num_steps=30, checkpoint_every=2, log_every=1)
-    # the learning rate ramps up to 3e38 over the run: finite for a few steps, then overflow
-    config.optim.update(name="sgd", learning_rate=3e38, max_norm=1e38)
-    config.optim.schedule.update(name="cosine", warmup_steps=30)
+    config.optim.update(name="sgd", learning_rate=0.1)
+    # from step 5 on the learning rate is infinite: the parameters become inf/nan
+    monkeypatch.setattr(train, "make_schedule",
+                        lambda o, *a: lambda count: jnp.where(count < 5, 0.1, jnp.inf))
     workdir = tmp_path / "run"
     result = train.train_and_evaluate(config, str(workdir), log=lambda m: None)
     assert result["status"] == "diverged"
@@ -212,11 +266,12 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_pa
     last = RunCheckpoints(str(workdir))
     step = last.latest_step()
     last.close()
-    assert step is not None and 0 < step < result["step"]
+    assert step == 4 and result["step"] == 6
     params = _params(str(workdir), "latest")
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
     records = train.read_metrics(str(workdir))
-    assert records[-1]["step"] == result["step"] and records[-1]["loss"] in ("nan", "inf")
+    # step 6 updated with an infinite rate: its parameters are not finite (its loss still is)
+    assert records[-1]["step"] == 6 and records[-2]["step"] == 5
 
 
 # ----------------------------------------------------------------------------- SIGKILL
@@ -227,6 +282,8 @@ sys.path.insert(0, {root!r})
 from rnn_jax import train
 from tests.lm_helpers import tiny_config
 config = tiny_config({path!r}, num_steps={steps}, checkpoint_every=2, eval_every=10, log_every=1)
+config.optim.schedule.name = "cosine"
+config.model.dropout = 0.2
 train.train_and_evaluate(config, {workdir!r}, log=lambda m: print(m, flush=True))
 """
 
@@ -265,15 +322,15 @@ def _run_killed(workdir, corpus_path, steps, kills, seed):
 def test_sigkill_and_resume_gives_identical_parameters(tmp_path, corpus_path, kills):
     steps = 24
     reference = tmp_path / "reference"
-    train.train_and_evaluate(tiny_config(corpus_path, num_steps=steps, checkpoint_every=2,
-                                         eval_every=10, log_every=1), str(reference), log=lambda m: None)
+    config = tiny_config(corpus_path, num_steps=steps, checkpoint_every=2, eval_every=10, log_every=1)
+    config.optim.schedule.name = "cosine"
+    config.model.dropout = 0.2
+    train.train_and_evaluate(config, str(reference), log=lambda m: None)
     killed = tmp_path / "killed"
     assert _run_killed(killed, corpus_path, steps, kills, seed=kills) >= 1
     assert json.loads((killed / "result.json").read_text())["status"] == "completed"
     _assert_trees_equal(_params(str(reference)), _params(str(killed)))
-    a = [r for r in train.read_metrics(str(reference)) if "loss" in r]
-    b = [r for r in train.read_metrics(str(killed)) if "loss" in r]
-    assert a == b
+    assert _records(reference) == _records(killed)
 
 
 # ----------------------------------------------------------------------------- TBPTT
@@ -308,3 +365,50 @@ def test_tbptt_carry_is_carried_across_chunks(tmp_path):
     floor = np.log(7) / 4
     assert losses["full"] > floor
     assert losses["truncated"] < floor - 0.15, losses
+
+
+# ----------------------------------------------------------------------------- the absl main
+
+def test_train_main_with_overrides_and_a_bad_value(tmp_path, corpus_path):
+    workdir = tmp_path / "run"
+    base = [sys.executable, "-m", "experiments.train",
+            "--config=experiments/configs/char_lm.py:runlocal,cell=gru", f"--config.data.path={corpus_path}",
+            f"--workdir={workdir}"]
+    out = subprocess.run(base + ["--config.train.num_steps=6"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "steps/s" in out.stderr and "ETA" in out.stderr
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["cell"] == "gru" and saved["train"]["num_steps"] == 6
+    assert json.loads((workdir / "result.json").read_text())["status"] == "completed"
+    bad = subprocess.run(base[:-1] + [f"--workdir={tmp_path / 'bad'}", "--config.optim.name=adamw"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0
+    assert "optim.name = 'adamw' is not allowed; choose one of: sgd, momentum, adam" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+# ----------------------------------------------------------------------------- word level
+
+def test_word_level_run_reports_perplexity_and_samples_words(tmp_path):
+    rng = np.random.default_rng(0)
+    lexicon = ["the", "cat", "sat", "on", "mat", "a", "dog", "<unk>"]
+    d = tmp_path / "ptb"
+    d.mkdir()
+    for name, lines in (("train", 300), ("valid", 40), ("test", 40)):
+        text = "\n".join(" ".join(rng.choice(lexicon, size=rng.integers(3, 9))) for _ in range(lines))
+        (d / f"ptb.{name}.txt").write_text(text + "\n", encoding="utf-8")
+    from experiments.configs import word_lm
+    config = word_lm.get_config("runlocal")
+    config.data.dir = str(d)
+    workdir = tmp_path / "run"
+    result = train.train_and_evaluate(config, str(workdir), log=lambda m: None)
+    assert result["status"] == "completed" and result["level"] == "word"
+    assert result["test_perplexity"] == pytest.approx(np.exp(result["test_loss"]))
+    assert 1.0 < result["best_valid_perplexity"] < 30
+    assert any("valid_perplexity" in r for r in train.read_metrics(str(workdir)))
+    out = subprocess.run([sys.executable, "-m", "experiments.sample", f"--workdir={workdir}",
+                          "--length=12", "--seed=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    words = out.stdout.split()
+    assert words[0] == "<eos>" and len(words) == 13 and set(words) <= set(lexicon) | {"<eos>"}

@@ -15,7 +15,7 @@ from rnn_jax.configs import parse_arg
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, cell="lstm", hidden=512, layers=2, embed=64, steps=1000, batch=64,
+    a = parse_arg(arg, cell="lstm", hidden=512, layers=2, embed=64, steps=1250, batch=32,
                   seq_len=100, lr=2e-3, seed=0, runlocal=False)
     c = common.lm_config()
     c.seed = a.seed
@@ -23,6 +23,7 @@ def get_config(arg=None):
     c.model.hidden_size, c.model.num_layers, c.model.embed_size = a.hidden, a.layers, a.embed
     c.train.num_steps, c.train.batch_size, c.train.seq_len = a.steps, a.batch, a.seq_len
     c.train.eval_batch_size = a.batch
+    c.train.eval_every = c.train.checkpoint_every = 250
     c.optim.learning_rate = a.lr
     if a.runlocal:
         c.model.hidden_size, c.model.embed_size, c.model.num_layers = 32, 16, 1

@@ -39,10 +39,14 @@ def get_config(arg=None):
     c = common.lm_config()
     c.seed, c.cell = a.seed, a.cell
     c.model.update(embed_size=hidden, hidden_size=hidden, num_layers=2, dropout=dropout,
+                   kernel_init="uniform", recurrent_init="uniform",
                    init_scale=init * math.sqrt(hidden), embed_scale=init,
                    output_scale=init * math.sqrt(hidden))
     c.data.update(kind="ptb", path="")
-    c.train.update(batch_size=20, seq_len=unroll, eval_batch_size=20, num_steps=0,
+    # Zaremba's code sums the loss over the unrolled steps (averaged over the batch) and evaluates
+    # the test set as one stream.
+    c.train.update(batch_size=20, seq_len=unroll, eval_batch_size=20, test_batch_size=1,
+                   loss_reduction="sum_time", num_steps=0,
                    num_epochs=epochs, log_every=100, eval_every=1000, checkpoint_every=1000,
                    sample_length=30, sample_temperature=1.0)
     c.optim.update(name="sgd", learning_rate=1.0, max_norm=max_norm)
@@ -50,7 +54,7 @@ def get_config(arg=None):
     if a.runlocal:
         c.model.update(embed_size=32, hidden_size=32, init_scale=0.1 * math.sqrt(32),
                        output_scale=0.1 * math.sqrt(32))
-        c.train.update(batch_size=4, seq_len=8, eval_batch_size=4, num_epochs=0, num_steps=20,
+        c.train.update(batch_size=4, seq_len=8, eval_batch_size=4, test_batch_size=0, num_epochs=0, num_steps=20,
                        log_every=5, eval_every=10, checkpoint_every=10)
     return c
 
