@@ -318,14 +318,14 @@ def read_metrics(workdir: str) -> list:
     return records
 
 
-def _truncate_after(workdir: str, step: int) -> None:
-    """Drop records past ``step`` (a resumed run writes them again)."""
+def _truncate_after(workdir: str, step: int) -> list:
+    """Drop records past ``step`` (a resumed run writes them again); returns the kept records."""
     path = os.path.join(workdir, "metrics.jsonl")
+    records = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
     if os.path.exists(path):
-        kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+            f.writelines(json.dumps(r) + "\n" for r in records)
         os.replace(tmp, path)
     path = os.path.join(workdir, "samples.txt")
     if os.path.exists(path):
@@ -342,6 +342,7 @@ def _truncate_after(workdir: str, step: int) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("".join(kept))
         os.replace(tmp, path)
+    return records
 
 
 SAMPLE_HEADER = "=== step "
@@ -395,6 +396,7 @@ class Progress:
     def __init__(self, first_step: int, num_steps: int):
         self.first, self.total = first_step, num_steps
         self.train_time = 0.0
+        self._rate_origin = 0.0
         self._mark = time.perf_counter()
         self._paused = False
 
@@ -410,8 +412,12 @@ class Progress:
         """Training seconds so far (while paused: up to the pause)."""
         return self.train_time + (0.0 if self._paused else time.perf_counter() - self._mark)
 
+    def restart_rate(self, step: int) -> None:
+        """Measure steps/s from ``step`` on (e.g. after the compiling first step)."""
+        self.first, self._rate_origin = step, self.elapsed()
+
     def line(self, step: int, loss: float) -> str:
-        elapsed = self.elapsed()
+        elapsed = self.elapsed() - self._rate_origin
         rate = (step - self.first) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("nan")
         eta_s = "?" if not math.isfinite(eta) else _hms(eta)
@@ -460,9 +466,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         corpus.vocab.save(vocab_path)
     write_json_atomic(fingerprint_path, fingerprint)
 
-    steps_per_epoch = (data_lib.tbptt_steps_per_epoch(len(corpus.train), t.batch_size, t.seq_len)
-                       if t.bptt == "truncated"
-                       else max(1, (len(corpus.train) - 1) // (t.batch_size * t.seq_len)))
+    # one pass over the training tokens (the same count for streams and for random windows)
+    steps_per_epoch = data_lib.tbptt_steps_per_epoch(len(corpus.train), t.batch_size, t.seq_len)
     num_steps = t.num_steps or t.num_epochs * steps_per_epoch
     eval_every = t.eval_every or steps_per_epoch
     checkpoint_every = t.checkpoint_every or steps_per_epoch
@@ -486,36 +491,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         params, state, meta = restored
         start = int(state["step"])
         time_offsets = (float(meta.get("elapsed_s", 0.0)), float(meta.get("train_time_s", 0.0)))
-        losses = [r["loss"] for r in read_metrics(workdir)
-                  if isinstance(r.get("loss"), (int, float)) and r["step"] <= start]
-        _truncate_after(workdir, start)
         log(f"resuming {workdir} at step {start}")
     else:
         start = 0
         time_offsets = (0.0, 0.0)
-        _truncate_after(workdir, 0)
-        losses = []
+    losses = [r["loss"] for r in _truncate_after(workdir, start)
+              if isinstance(r.get("loss"), (int, float))]
     if os.path.exists(result_path):
         os.remove(result_path)  # the run is live again; a new result is written when it ends
 
     streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
     eval_data = {"valid": data_lib.eval_chunks(corpus.valid, t.eval_batch_size, t.seq_len),
                  "test": data_lib.eval_chunks(corpus.test, t.test_batch_size or t.eval_batch_size, t.seq_len)}
+    eval_data = {k: tuple(map(jnp.asarray, v)) for k, v in eval_data.items()}  # on device once
     metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     samples_file = open(os.path.join(workdir, "samples.txt"), "a", encoding="utf-8")
     tb = _tensorboard(workdir, purge_step=start + 1)
     progress = Progress(start, num_steps)
-    trained_before = 0.0  # training seconds of this process before `progress` was last reset
     pending: list = []
     last_good_loss = losses[-1] if losses else None
     started = time.time()
-    status, error = "completed", None
+    status = "completed"
+    last_valid = (None, None)  # (step, loss) of the latest evaluation
     best = {"step": None, "valid_loss": None}
     if restored is not None and math.isfinite(float(state["sched"]["best_valid"])):
         best = {"step": checkpoints.latest_step("best"), "valid_loss": float(state["sched"]["best_valid"])}
 
     def eval_loss(p, split):
-        total, count = evaluate(p, *map(jnp.asarray, eval_data[split]))
+        total, count = evaluate(p, *eval_data[split])
         return float(total) / float(count)
 
     def flush() -> bool:
@@ -554,7 +557,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     def times() -> dict:
         """Cumulative seconds over all sessions of this run: wall clock, and training only."""
         return {"elapsed_s": time_offsets[0] + time.time() - started,
-                "train_time_s": time_offsets[1] + trained_before + progress.elapsed()}
+                "train_time_s": time_offsets[1] + progress.elapsed()}
 
     def save(step: int) -> None:
         meta = {"step": step, "time": time.time(), **times()}
@@ -589,14 +592,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
                     break
                 log(progress.line(step, last_good_loss))
                 if step == start + 1:  # exclude the first step (compilation) from the rate
-                    trained_before = progress.elapsed()
-                    progress = Progress(step, num_steps)
+                    progress.restart_rate(step)
             if not do_save:
                 continue
             progress.pause()
             stop = False
             if do_eval:
                 valid = eval_loss(params, "valid")
+                last_valid = (step, valid)
                 record = {"step": step, "valid_loss": valid, **times()}
                 if word_level:
                     record["valid_perplexity"] = math.exp(min(valid, 700.0))
@@ -650,9 +653,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
               "final_train_loss": last_good_loss, "best_step": best["step"],
               "best_valid_loss": best["valid_loss"], **times(), "level": corpus.vocab.level}
     if status == "completed":
-        result["final_valid_loss"] = eval_loss(params, "valid")
+        final_step = int(state["step"])
+        result["final_valid_loss"] = (last_valid[1] if last_valid[0] == final_step
+                                      else eval_loss(params, "valid"))
         result["final_test_loss"] = eval_loss(params, "test")
-        if best["step"] is not None:
+        if best["step"] == final_step:
+            result["test_loss"] = result["final_test_loss"]
+        elif best["step"] is not None:
             best_params = checkpoints.restore("best", _abstract(params))[0]
             result["test_loss"] = eval_loss(best_params, "test")
         if word_level:
