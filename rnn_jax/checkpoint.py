@@ -65,6 +65,14 @@ class RunCheckpoints:
         out = manager.restore(step, args=ocp.args.Composite(**items))
         return out["params"], (out["state"] if state_like is not None else None), out["meta"]
 
+    def restore_meta(self, which: str, step: int | None = None) -> dict | None:
+        """The JSON metadata of the newest (or given) step, or ``None`` when there is none."""
+        manager = self._manager(which)
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            return None
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def wait(self) -> None:
         for manager in self._managers.values():
             manager.wait_until_finished()

@@ -35,12 +35,7 @@ class LanguageModel:
     impl: str = "fused"
 
     def __post_init__(self):
-        for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_sizes(self, ("vocab_size", "embed_size", "hidden_size", "num_layers"))
 
     def init(self, key) -> dict:
         k_embed, k_layers, k_out = jax.random.split(key, 3)
@@ -56,36 +51,63 @@ class LanguageModel:
         }
 
     def zero_carry(self, batch_size: int) -> list:
-        return [self.cell.zeros_carry(self.hidden_size, (batch_size,), jnp.float32)
-                for _ in range(self.num_layers)]
-
-    def _drop(self, key, x):
-        if key is None or self.dropout == 0.0:
-            return x
-        shape = (x.shape[0], 1, x.shape[2]) if self.variational else x.shape
-        keep = jax.random.bernoulli(key, 1.0 - self.dropout, shape)
-        return jnp.where(keep, x / (1.0 - self.dropout), jnp.zeros_like(x))
+        return zero_carries(self, batch_size)
 
     def apply(self, params, carry: list, tokens_BxT, *, dropout_key=None, resets=None):
         """Logits ``[B, T, V]`` and the new carries; dropout is active when ``dropout_key`` is given."""
-        keys = (list(jax.random.split(dropout_key, self.num_layers + 1)) if dropout_key is not None
-                else [None] * (self.num_layers + 1))
-        h = self._drop(keys[0], params["embed"][tokens_BxT])
-        finals = []
-        for k, (layer, c) in enumerate(zip(params["layers"], carry)):
-            final, h = layers.rnn(self.cell, layer, h, c, resets=resets, impl=self.impl)
-            h = self._drop(keys[k + 1], h)
-            finals.append(final)
-        return h @ params["out"]["W"] + params["out"]["b"], finals
+        return apply_stack(self, params, carry, params["embed"][tokens_BxT], dropout_key, resets)
 
     def step(self, params, carry: list, token_B):
         """One generation step (no dropout): next-token logits ``[B, V]`` and the new carries."""
-        h = params["embed"][token_B]
-        finals = []
-        for layer, c in zip(params["layers"], carry):
-            c, h = self.cell.fast_step(layer, c, h)
-            finals.append(c)
-        return h @ params["out"]["W"] + params["out"]["b"], finals
+        return step_stack(self, params, carry, params["embed"][token_B])
+
+
+# Shared by the models built as input -> stacked cells -> output layer (rnn_jax.piano too): each
+# has fields cell, hidden_size, num_layers, dropout, variational, impl and params "layers", "out".
+
+def check_sizes(model, names) -> None:
+    for name in names:
+        value = getattr(model, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not 0.0 <= model.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {model.dropout!r}")
+
+
+def zero_carries(model, batch_size: int) -> list:
+    return [model.cell.zeros_carry(model.hidden_size, (batch_size,), jnp.float32)
+            for _ in range(model.num_layers)]
+
+
+def drop(model, key, x):
+    """Dropout on ``[B, T, F]`` (one mask per sequence when ``model.variational``); no key: identity."""
+    if key is None or model.dropout == 0.0:
+        return x
+    shape = (x.shape[0], 1, x.shape[2]) if model.variational else x.shape
+    keep = jax.random.bernoulli(key, 1.0 - model.dropout, shape)
+    return jnp.where(keep, x / (1.0 - model.dropout), jnp.zeros_like(x))
+
+
+def apply_stack(model, params, carry: list, h, dropout_key=None, resets=None):
+    """Inputs ``h [B, T, E]`` through the cell stack and the output layer: ``(logits, carries)``."""
+    keys = (list(jax.random.split(dropout_key, model.num_layers + 1)) if dropout_key is not None
+            else [None] * (model.num_layers + 1))
+    h = drop(model, keys[0], h)
+    finals = []
+    for k, (layer, c) in enumerate(zip(params["layers"], carry)):
+        final, h = layers.rnn(model.cell, layer, h, c, resets=resets, impl=model.impl)
+        h = drop(model, keys[k + 1], h)
+        finals.append(final)
+    return h @ params["out"]["W"] + params["out"]["b"], finals
+
+
+def step_stack(model, params, carry: list, h):
+    """One step of ``h [B, E]`` through the stack and the output layer (no dropout)."""
+    finals = []
+    for layer, c in zip(params["layers"], carry):
+        c, h = model.cell.fast_step(layer, c, h)
+        finals.append(c)
+    return h @ params["out"]["W"] + params["out"]["b"], finals
 
 
 def cross_entropy(logits, targets, weights=None):

@@ -35,6 +35,8 @@ from rnn_jax import cells as cells_lib
 from rnn_jax import configs as cfg
 from rnn_jax import data as data_lib
 from rnn_jax import lm as lm_lib
+from rnn_jax import piano as piano_lib
+from rnn_jax.data import music as music_lib
 from rnn_jax import sampling
 from rnn_jax.checkpoint import RunCheckpoints
 
@@ -42,7 +44,9 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "zaremba", "plateau", "cosine")
 BPTT_MODES = ("truncated", "full")
 LOSS_REDUCTIONS = ("mean", "sum_time")
-DATA_KINDS = ("char", "ptb")
+DATA_KINDS = ("char", "ptb", "music") + data_lib.TASKS
+LOSS_ON = ("all", "scored")
+SELECT_BY = ("valid_loss", "valid_accuracy")
 # Fields that may change when a run is resumed: they change logging, not the arithmetic (a moved
 # data file is allowed: the data's fingerprint in corpus.json is checked). The run length and the
 # evaluation period may change only where the schedule does not depend on them (see
@@ -82,8 +86,28 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     cfg.check_choice("data.kind", d.kind, DATA_KINDS)
     if d.kind == "char" and not d.path:
         raise ValueError("config.data.path is empty: give a UTF-8 text file (or tfds:NAME)")
+    if d.kind == "music" and not d.path:
+        raise ValueError("config.data.path is empty: give a JSON or pickle file of piano rolls "
+                         "({'train': [...], 'valid': [...], 'test': [...]})")
     if d.kind == "ptb" and not d.dir:
         raise ValueError("config.data.dir is empty: give the directory with ptb.{train,valid,test}.txt")
+    if d.kind in data_lib.TASKS:
+        cfg.check_int("data.seed", d.get("seed", 0), minimum=0)
+        cfg.check_choice("data.loss_on", d.get("loss_on", "scored"), LOSS_ON)
+        sizes = d.get("num_chars")
+        if sizes is None or any(split not in sizes for split in ("train", "valid", "test")):
+            raise ValueError(f"config.data.num_chars must give the train, valid and test sizes (in "
+                             f"characters) of the generated {d.kind} stream; see experiments/configs/tasks.py")
+        for split in ("train", "valid", "test"):
+            cfg.check_int(f"data.num_chars.{split}", sizes[split])
+        try:
+            data_lib.tasks.check_options(d.kind, d.get(d.kind) or {})
+        except ValueError as e:
+            raise ValueError(f"config.data.{d.kind}: {e}") from None
+    cfg.check_choice("train.select_by", t.get("select_by", "valid_loss"), SELECT_BY)
+    if t.get("select_by", "valid_loss") == "valid_accuracy" and d.kind not in data_lib.TASKS:
+        raise ValueError(f"config.train.select_by = 'valid_accuracy' needs a task with an accuracy "
+                         f"(data.kind one of {', '.join(data_lib.TASKS)}), not {d.kind!r}")
     for name in ("batch_size", "seq_len", "eval_batch_size", "log_every", "max_to_keep"):
         cfg.check_int(f"train.{name}", t[name])
     cfg.check_int("train.test_batch_size", t.test_batch_size, minimum=0)
@@ -119,6 +143,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     except ValueError as e:
         raise ValueError(f"config.cell = {config.cell!r} with model.embed_size={m.embed_size}, "
                          f"model.hidden_size={m.hidden_size}: {e}") from None
+
+
+def load_data(data) -> data_lib.Corpus:
+    """The corpus of a config's ``data`` block: a text corpus, or a generated task stream.
+
+    A task's options are in the block named after it (``data.arithmetic.max_digits``, ...).
+    """
+    if data.kind == "music":
+        return music_lib.piano_rolls(data.path)
+    if data.kind in data_lib.TASKS:
+        return data_lib.task_corpus(data.kind, seed=data.get("seed", 0), num_chars=dict(data.num_chars),
+                                    **dict(data.get(data.kind) or {}))
+    return data_lib.load_corpus(data)
 
 
 def check_data_fits(config, corpus: data_lib.Corpus) -> None:
@@ -216,39 +253,52 @@ def plateau_update(best: float, bad_evals: int, halvings: int, valid: float, pat
 
 # ----------------------------------------------------------------------------- model and steps
 
-def make_model(config, vocab_size: int) -> lm_lib.LanguageModel:
+def make_model(config, vocab_size: int):
+    """The config's model: a :class:`LanguageModel` over ``vocab_size`` tokens, or for
+    ``data.kind = "music"`` a :class:`PianoRollModel` over ``vocab_size`` pitches."""
     m = config.model
     cell = cells_lib.from_spec(config.cell, init_scale=m.init_scale, kernel_init=m.kernel_init,
                                recurrent_init=m.recurrent_init)
+    if config.data.kind == "music":
+        return piano_lib.PianoRollModel(cell, vocab_size, m.embed_size, m.hidden_size, m.num_layers,
+                                        dropout=m.dropout, variational=m.variational,
+                                        embed_scale=m.embed_scale, output_scale=m.output_scale, impl=m.impl)
     return lm_lib.LanguageModel(cell, vocab_size, m.embed_size, m.hidden_size, m.num_layers,
                                 dropout=m.dropout, variational=m.variational,
                                 embed_scale=m.embed_scale, output_scale=m.output_scale, impl=m.impl)
 
 
+def _nll_fn(model):
+    """Summed NLL and its count: softmax over tokens, or Bernoulli over notes per time step (music)."""
+    return piano_lib.bernoulli_nll if isinstance(model, piano_lib.PianoRollModel) else lm_lib.cross_entropy
+
+
 def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float,
                     loss_reduction: str = "mean"):
-    """jit ``(params, opt_state, carry, inputs, targets, key) -> (params, opt_state, carry, metrics)``.
+    """jit ``(params, opt_state, carry, inputs, targets, key, weights=None) -> (params, opt_state, carry, metrics)``.
 
     The incoming carry is a constant (``stop_gradient``): gradients flow through this chunk only.
+    ``weights`` (``[B, T]``, 0/1) restricts the loss to some targets (a task's scored positions).
     The differentiated loss is the mean NLL per token (``loss_reduction="mean"``) or, as in
     Zaremba et al.'s code, summed over time and averaged over the batch (``"sum_time"``); the
     logged ``loss`` is always the mean per token. ``finite`` says whether the loss, the gradient
     norm and the new parameters are all finite.
     """
     cfg.check_choice("train.loss_reduction", loss_reduction, LOSS_REDUCTIONS)
+    nll = _nll_fn(model)
 
-    def loss_fn(params, carry, inputs, targets, key):
+    def loss_fn(params, carry, inputs, targets, key, weights):
         logits, carry = model.apply(params, carry, inputs, dropout_key=key)
-        total, count = lm_lib.cross_entropy(logits, targets)
-        mean = total / count
+        total, count = nll(logits, targets, weights)
+        mean = total / jnp.maximum(count, 1.0)
         objective = mean * inputs.shape[1] if loss_reduction == "sum_time" else mean
         return objective, (mean, carry)
 
     @jax.jit
-    def train_step(params, opt_state, carry, inputs, targets, key):
+    def train_step(params, opt_state, carry, inputs, targets, key, weights=None):
         carry = jax.lax.stop_gradient(carry)
         (_, (loss, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, carry, inputs, targets, key)
+            params, carry, inputs, targets, key, weights)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -262,8 +312,13 @@ def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float,
     return train_step
 
 
-def make_eval_fn(model: lm_lib.LanguageModel):
-    """jit ``(params, inputs[C,B,L], targets, weights) -> (nll_sum, count)`` over the whole stream."""
+def make_eval_fn(model: lm_lib.LanguageModel, with_correct: bool = False):
+    """jit ``(params, inputs[C,B,L], targets, weights) -> (nll_sum, count)`` over the whole stream.
+
+    With ``with_correct``, also ``correct[C,B,L]``: whether the most likely next token is the target.
+    """
+
+    nll = _nll_fn(model)
 
     @jax.jit
     def evaluate(params, inputs, targets, weights):
@@ -271,12 +326,13 @@ def make_eval_fn(model: lm_lib.LanguageModel):
             carry, total, count = carry_and_sums
             x, y, w = chunk
             logits, carry = model.apply(params, carry, x)
-            t, c = lm_lib.cross_entropy(logits, y, w)
-            return (carry, total + t, count + c), None
+            t, c = nll(logits, y, w)
+            correct = jnp.argmax(logits, axis=-1) == y if with_correct else None
+            return (carry, total + t, count + c), correct
 
         init = (model.zero_carry(inputs.shape[1]), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (_, total, count), _ = jax.lax.scan(body, init, (inputs, targets, weights))
-        return total, count
+        (_, total, count), correct = jax.lax.scan(body, init, (inputs, targets, weights))
+        return (total, count, correct) if with_correct else (total, count)
 
     return evaluate
 
@@ -378,10 +434,15 @@ def _check_config_file(config, workdir: str) -> dict:
     return new
 
 
-def corpus_fingerprint(corpus: data_lib.Corpus) -> dict:
-    """Sizes and SHA-256 of each split's token ids (saved as corpus.json, checked on resume)."""
-    return {split: {"tokens": int(len(corpus.split(split))),
-                    "sha256": hashlib.sha256(np.ascontiguousarray(corpus.split(split), np.int32).tobytes()).hexdigest()}
+def corpus_fingerprint(corpus) -> dict:
+    """Sizes and SHA-256 of each split's token ids or frames (saved as corpus.json, checked on resume)."""
+    def digest(a):
+        a = np.asarray(a)
+        if np.issubdtype(a.dtype, np.floating):
+            a = np.ascontiguousarray(a, np.float32)
+            return hashlib.sha256(a.tobytes() + repr(a.shape).encode()).hexdigest()
+        return hashlib.sha256(np.ascontiguousarray(a, np.int32).tobytes()).hexdigest()
+    return {split: {"tokens": int(len(corpus.split(split))), "sha256": digest(corpus.split(split))}
             for split in ("train", "valid", "test")}
 
 
@@ -443,15 +504,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     """Train (or resume) the run in ``workdir``; returns the contents of ``result.json``."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     validate_config(config)
-    corpus = data_lib.load_corpus(config.data)
+    corpus = load_data(config.data)
     check_data_fits(config, corpus)
     t = config.train
     config_json = _check_config_file(config, workdir)
     vocab_path = os.path.join(workdir, "vocab.json")
     fingerprint_path = os.path.join(workdir, "corpus.json")
     fingerprint = corpus_fingerprint(corpus)
-    if os.path.exists(vocab_path):
-        data_lib.Vocab.load(vocab_path).check_same(corpus.vocab, f"resuming in {workdir}")
+    vocab = getattr(corpus, "vocab", None)  # piano rolls have pitches, not a vocabulary
+    if os.path.exists(vocab_path) and vocab is not None:
+        data_lib.Vocab.load(vocab_path).check_same(vocab, f"resuming in {workdir}")
     if os.path.exists(fingerprint_path):
         with open(fingerprint_path, encoding="utf-8") as f:
             saved = json.load(f)
@@ -462,8 +524,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
                              f"different data")
     os.makedirs(workdir, exist_ok=True)
     write_json_atomic(os.path.join(workdir, "config.json"), config_json)
-    if not os.path.exists(vocab_path):
-        corpus.vocab.save(vocab_path)
+    if not os.path.exists(vocab_path) and vocab is not None:
+        vocab.save(vocab_path)
     write_json_atomic(fingerprint_path, fingerprint)
 
     # one pass over the training tokens (the same count for streams and for random windows)
@@ -471,11 +533,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     num_steps = t.num_steps or t.num_epochs * steps_per_epoch
     eval_every = t.eval_every or steps_per_epoch
     checkpoint_every = t.checkpoint_every or steps_per_epoch
-    model = make_model(config, len(corpus.vocab))
+    model = make_model(config, len(vocab) if vocab is not None else corpus.num_pitches)
     optimizer = make_optimizer(config, steps_per_epoch, num_steps)
     train_step = make_train_step(model, optimizer, config.optim.max_norm, t.loss_reduction)
-    evaluate = make_eval_fn(model)
-    word_level = corpus.vocab.level == "word"
+    is_task = isinstance(corpus, data_lib.TaskCorpus)
+    evaluate = make_eval_fn(model, with_correct=is_task)
+    word_level = vocab is not None and vocab.level == "word"
+    select_by = t.get("select_by", "valid_loss")
+    # a task's scored positions weight the loss (unless data.loss_on = "all")
+    loss_mask = {}
+    if is_task and config.data.get("loss_on", "scored") == "scored":
+        loss_mask = {split: corpus.mask(split, "scored") for split in ("train", "valid", "test")}
 
     key = jax.random.PRNGKey(config.seed)
     init_key, dropout_base, sample_base = jax.random.split(key, 3)
@@ -483,6 +551,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     state = {"step": jnp.zeros((), jnp.int32), "opt_state": optimizer.init(params),
              "carry": model.zero_carry(t.batch_size),
              "sched": {"best_valid": jnp.asarray(jnp.inf, jnp.float32),
+                       "best_select": jnp.asarray(jnp.inf, jnp.float32),
                        "bad_evals": jnp.zeros((), jnp.int32), "halvings": jnp.zeros((), jnp.int32)}}
     checkpoints = RunCheckpoints(workdir, t.max_to_keep)
     result_path = os.path.join(workdir, "result.json")
@@ -501,9 +570,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         os.remove(result_path)  # the run is live again; a new result is written when it ends
 
     streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
-    eval_data = {"valid": data_lib.eval_chunks(corpus.valid, t.eval_batch_size, t.seq_len),
-                 "test": data_lib.eval_chunks(corpus.test, t.test_batch_size or t.eval_batch_size, t.seq_len)}
-    eval_data = {k: tuple(map(jnp.asarray, v)) for k, v in eval_data.items()}  # on device once
+    train_weights = (data_lib.stream_weights(loss_mask["train"], t.batch_size) if loss_mask else None)
+    eval_data, eval_pos = {}, {}
+    for split, size in (("valid", t.eval_batch_size), ("test", t.test_batch_size or t.eval_batch_size)):
+        tokens = corpus.split(split)
+        x, y, w = data_lib.eval_chunks(tokens, size, t.seq_len)
+        if is_task:
+            eval_pos[split] = data_lib.eval_positions(len(tokens), size, t.seq_len)
+            if loss_mask:
+                w = w * loss_mask[split][np.maximum(eval_pos[split], 0)]
+        eval_data[split] = tuple(map(jnp.asarray, (x, y, w)))  # on device once
     metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     samples_file = open(os.path.join(workdir, "samples.txt"), "a", encoding="utf-8")
     tb = _tensorboard(workdir, purge_step=start + 1)
@@ -512,14 +588,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     last_good_loss = losses[-1] if losses else None
     started = time.time()
     status = "completed"
-    last_valid = (None, None)  # (step, loss) of the latest evaluation
-    best = {"step": None, "valid_loss": None}
-    if restored is not None and math.isfinite(float(state["sched"]["best_valid"])):
-        best = {"step": checkpoints.latest_step("best"), "valid_loss": float(state["sched"]["best_valid"])}
+    last_valid = (None, None, None)  # (step, loss, metrics) of the latest evaluation
+    best = {"step": None, "valid_loss": None, "metrics": {}}
+    if restored is not None and math.isfinite(float(state["sched"]["best_select"])):
+        best_meta = checkpoints.restore_meta("best") or {}
+        best = {"step": checkpoints.latest_step("best"), "valid_loss": best_meta.get("valid_loss"),
+                "metrics": best_meta.get("metrics", {})}
+
+    def eval_metrics(p, split) -> dict:
+        """``{"loss": ...}`` plus, for a task, its accuracies."""
+        if not is_task:
+            total, count = evaluate(p, *eval_data[split])
+            return {"loss": float(total) / float(count)}
+        total, count, correct = evaluate(p, *eval_data[split])
+        pos = eval_pos[split]
+        keep = pos >= 0
+        out = {"loss": float(total) / max(float(count), 1.0)}
+        out.update(data_lib.tasks.accuracies(corpus.task, np.asarray(correct)[keep], pos[keep],
+                                             corpus.marks[split]))
+        return out
 
     def eval_loss(p, split):
-        total, count = evaluate(p, *eval_data[split])
-        return float(total) / float(count)
+        return eval_metrics(p, split)["loss"]
 
     def flush() -> bool:
         """Write pending step records; False when a loss is not finite."""
@@ -545,7 +635,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         return ok
 
     def write_sample(step: int, valid_loss: float, p) -> None:
-        if not t.sample_length:
+        if not t.sample_length or vocab is None:
             return
         prime = corpus.valid[:1]
         tokens = sampling.sample(model, p, jnp.asarray(prime), jax.random.fold_in(sample_base, step),
@@ -574,11 +664,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
             if t.bptt == "truncated":
                 inputs, targets, new_epoch = data_lib.tbptt_batch(streams, step, t.seq_len)
                 carry = model.zero_carry(t.batch_size) if new_epoch else state["carry"]
+                weights = None
+                if train_weights is not None:
+                    per_epoch = streams.length // t.seq_len
+                    i = step % per_epoch
+                    weights = train_weights[:, i * t.seq_len:(i + 1) * t.seq_len]
             else:
-                inputs, targets = data_lib.window_batch(corpus.train, config.seed, step, t.batch_size, t.seq_len)
+                batch = data_lib.window_batch(corpus.train, config.seed, step, t.batch_size, t.seq_len,
+                                              mask=loss_mask.get("train"))
+                inputs, targets = batch[:2]
+                weights = batch[2] if len(batch) == 3 else None
                 carry = model.zero_carry(t.batch_size)
+            # no dropout, no key: saves a host dispatch per step (the arithmetic is the same)
+            dropout_key = jax.random.fold_in(dropout_base, step) if model.dropout > 0 else None
             params, opt_state, carry, metrics = train_step(
-                params, state["opt_state"], carry, inputs, targets, jax.random.fold_in(dropout_base, step))
+                params, state["opt_state"], carry, inputs, targets, dropout_key, weights)
             step += 1
             state = {**state, "step": jnp.asarray(step, jnp.int32), "opt_state": opt_state, "carry": carry}
             pending.append((step, metrics))
@@ -598,13 +698,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
             progress.pause()
             stop = False
             if do_eval:
-                valid = eval_loss(params, "valid")
-                last_valid = (step, valid)
-                record = {"step": step, "valid_loss": valid, **times()}
+                valid_metrics = eval_metrics(params, "valid")
+                valid = valid_metrics["loss"]
+                last_valid = (step, valid, valid_metrics)
+                record = {"step": step, "valid_loss": valid,
+                          **{f"valid_{k}": v for k, v in valid_metrics.items() if k != "loss"}, **times()}
                 if word_level:
                     record["valid_perplexity"] = math.exp(min(valid, 700.0))
                 sched = state["sched"]
-                improved = valid < float(sched["best_valid"])
+                score = -valid_metrics["accuracy"] if select_by == "valid_accuracy" else valid
+                improved = bool(score < float(sched["best_select"]))
                 best_v, bad, halvings, halve, stop = plateau_update(
                     float(sched["best_valid"]), int(sched["bad_evals"]), int(sched["halvings"]), valid,
                     config.optim.schedule.patience, config.optim.schedule.max_halvings)
@@ -617,17 +720,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
                     state["opt_state"] = state["opt_state"]._replace(hyperparams=hp)
                     record["halved_learning_rate"] = float(hp["learning_rate"])
                 sched = {"best_valid": jnp.asarray(best_v, jnp.float32),
+                         "best_select": jnp.asarray(min(score, float(sched["best_select"])), jnp.float32),
                          "bad_evals": jnp.asarray(bad, jnp.int32), "halvings": jnp.asarray(halvings, jnp.int32)}
                 state["sched"] = sched
-                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.write(json.dumps(_json_safe(record)) + "\n")
                 metrics_file.flush()
                 if tb is not None:
                     tb.add_scalar("valid/loss", valid, step)
-                log(f"step {step}: valid loss {valid:.4f}" + (f" (perplexity {record['valid_perplexity']:.2f})" if word_level else ""))
+                log(f"step {step}: valid loss {valid:.4f}"
+                    + (f" (perplexity {record['valid_perplexity']:.2f})" if word_level else "")
+                    + "".join(f", {k} {v:.4f}" for k, v in valid_metrics.items() if k != "loss"))
                 write_sample(step, valid, params)
                 if improved:
-                    best = {"step": step, "valid_loss": valid}
-                    checkpoints.save("best", step, params, state, {"step": step, "valid_loss": valid})
+                    extra = {k: v for k, v in valid_metrics.items() if k != "loss"}
+                    best = {"step": step, "valid_loss": valid, "metrics": extra}
+                    checkpoints.save("best", step, params, state,
+                                     _json_safe({"step": step, "valid_loss": valid, "metrics": extra}))
             save(step)
             progress.resume()
             if stop:
@@ -651,17 +759,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     result = {"status": status, "step": int(state["step"]), "num_steps": num_steps,
               "steps_per_epoch": steps_per_epoch, "num_params": lm_lib.num_params(params),
               "final_train_loss": last_good_loss, "best_step": best["step"],
-              "best_valid_loss": best["valid_loss"], **times(), "level": corpus.vocab.level}
+              "best_valid_loss": best["valid_loss"], **times(),
+              "level": vocab.level if vocab is not None else "frame",
+              "select_by": select_by}
+    if is_task:
+        result["task"] = corpus.task
+        for k, v in (best.get("metrics") or {}).items():
+            result[f"best_valid_{k}"] = v
     if status == "completed":
         final_step = int(state["step"])
-        result["final_valid_loss"] = (last_valid[1] if last_valid[0] == final_step
-                                      else eval_loss(params, "valid"))
-        result["final_test_loss"] = eval_loss(params, "test")
+        final_valid = (last_valid[2] if last_valid[0] == final_step else eval_metrics(params, "valid"))
+        final_test = eval_metrics(params, "test")
+        result["final_valid_loss"], result["final_test_loss"] = final_valid["loss"], final_test["loss"]
+        for k in final_test:
+            if k != "loss":
+                result[f"final_valid_{k}"], result[f"final_test_{k}"] = final_valid[k], final_test[k]
+        test = None
         if best["step"] == final_step:
-            result["test_loss"] = result["final_test_loss"]
+            test = final_test
         elif best["step"] is not None:
             best_params = checkpoints.restore("best", _abstract(params))[0]
-            result["test_loss"] = eval_loss(best_params, "test")
+            test = eval_metrics(best_params, "test")
+        if test is not None:  # the test metrics of the best checkpoint
+            for k, v in test.items():
+                result[f"test_{k}"] = v
         if word_level:
             for k in ("final_valid_loss", "final_test_loss", "best_valid_loss", "test_loss"):
                 if result.get(k) is not None:
@@ -684,6 +805,8 @@ def load_run(workdir: str, which: str = "best"):
         raise FileNotFoundError(f"{workdir} has no config.json: not a run directory")
     with open(path, encoding="utf-8") as f:
         config = ml_collections.ConfigDict(json.load(f))
+    if config.data.kind == "music":
+        raise ValueError(f"{workdir} is a piano-roll run; load_run reads language-model runs")
     vocab = data_lib.Vocab.load(os.path.join(workdir, "vocab.json"))
     model = make_model(config, len(vocab))
     params_like = jax.eval_shape(model.init, jax.random.PRNGKey(0))

@@ -45,7 +45,7 @@ def test_dropout_only_with_a_key(model):
 def test_variational_masks_are_shared_over_time(variational):
     model = lm.LanguageModel(cells.get("gru"), 7, 5, 6, dropout=0.5, variational=variational)
     x = jnp.ones((3, 50, 8))
-    y = model._drop(jax.random.PRNGKey(0), x)
+    y = lm.drop(model, jax.random.PRNGKey(0), x)
     kept = np.asarray(y != 0)
     assert set(np.unique(np.asarray(y))) == {0.0, 2.0}  # inverted dropout scaling
     same_over_time = all((kept[:, t] == kept[:, 0]).all() for t in range(50))

@@ -15,6 +15,8 @@ import numpy as np
 class Streams:
     """A token array cut into ``batch_size`` contiguous streams (inputs and next-token targets).
 
+    Tokens are integer ids, or float frames ``[N, P]`` (piano rolls; the streams are then ``[B, S, P]``).
+
     Stream ``b`` holds tokens ``[b·S, (b+1)·S)`` of the corpus, ``S = (n - 1) // batch_size``;
     the last ``n - 1 - batch_size·S`` tokens are not used.
     """
@@ -24,16 +26,29 @@ class Streams:
 
     @classmethod
     def from_tokens(cls, tokens: np.ndarray, batch_size: int) -> "Streams":
-        tokens = np.asarray(tokens, np.int32)
+        tokens = np.asarray(tokens)
+        if not np.issubdtype(tokens.dtype, np.floating):
+            tokens = tokens.astype(np.int32)
         length = (len(tokens) - 1) // batch_size
         if length < 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill {batch_size} streams")
         used = tokens[: batch_size * length + 1]
-        return cls(used[:-1].reshape(batch_size, length), used[1:].reshape(batch_size, length))
+        rest = tokens.shape[1:]  # frames of a piano roll have a trailing pitch axis
+        return cls(used[:-1].reshape(batch_size, length, *rest), used[1:].reshape(batch_size, length, *rest))
 
     @property
     def length(self) -> int:
         return self.inputs_BxS.shape[1]
+
+
+def stream_weights(mask: np.ndarray, batch_size: int) -> np.ndarray:
+    """A per-token 0/1 mask laid out like :class:`Streams`' targets: ``[batch_size, S]`` float32.
+
+    ``mask[i]`` refers to predicting token ``i``; the targets are tokens ``1..``, hence the shift.
+    """
+    mask = np.asarray(mask)
+    length = (len(mask) - 1) // batch_size
+    return mask[1: batch_size * length + 1].reshape(batch_size, length).astype(np.float32)
 
 
 def tbptt_steps_per_epoch(num_tokens: int, batch_size: int, seq_len: int) -> int:
@@ -53,12 +68,18 @@ def tbptt_batch(streams: Streams, step: int, seq_len: int):
     return streams.inputs_BxS[:, cut], streams.targets_BxS[:, cut], i == 0
 
 
-def window_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_len: int):
-    """``batch_size`` windows of ``seq_len`` tokens at random positions drawn from ``(seed, step)``."""
+def window_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_len: int,
+                 mask: np.ndarray | None = None):
+    """``batch_size`` windows of ``seq_len`` tokens at random positions drawn from ``(seed, step)``.
+
+    With a per-token ``mask``, also the targets' weights (float32 0/1).
+    """
     rng = np.random.default_rng([seed, step])
     starts = rng.integers(0, len(tokens) - seq_len, size=batch_size)
     idx = starts[:, None] + np.arange(seq_len)[None, :]
-    return tokens[idx], tokens[idx + 1]
+    if mask is None:
+        return tokens[idx], tokens[idx + 1]
+    return tokens[idx], tokens[idx + 1], np.asarray(mask)[idx + 1].astype(np.float32)
 
 
 def eval_chunks(tokens: np.ndarray, batch_size: int, seq_len: int):
@@ -72,8 +93,18 @@ def eval_chunks(tokens: np.ndarray, batch_size: int, seq_len: int):
     pad = num_chunks * seq_len - streams.length
 
     def chunk(a):
-        a = np.pad(a, ((0, 0), (0, pad)))
-        return a.reshape(batch_size, num_chunks, seq_len).transpose(1, 0, 2)
+        a = np.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2))
+        a = a.reshape(batch_size, num_chunks, seq_len, *a.shape[2:])
+        return a.swapaxes(0, 1)
 
-    weights = np.ones_like(streams.inputs_BxS, dtype=np.float32)
+    weights = np.ones(streams.inputs_BxS.shape[:2], dtype=np.float32)
     return chunk(streams.inputs_BxS), chunk(streams.targets_BxS), chunk(weights)
+
+
+def eval_positions(num_tokens: int, batch_size: int, seq_len: int) -> np.ndarray:
+    """For :func:`eval_chunks`' layout, the index in the token array of every target (-1: padding)."""
+    length = (num_tokens - 1) // batch_size
+    num_chunks = -(-length // seq_len)
+    pos = 1 + np.arange(batch_size)[:, None] * length + np.arange(length)[None, :]
+    pos = np.pad(pos, ((0, 0), (0, num_chunks * seq_len - length)), constant_values=-1)
+    return pos.reshape(batch_size, num_chunks, seq_len).transpose(1, 0, 2)

@@ -1,0 +1,80 @@
+r"""Jozefowicz et al. (2015) tasks: arithmetic, XML modelling, memorization, as character streams.
+
+    python -m experiments.train --config=experiments/configs/tasks.py:task=xml,cell=gru \
+        --workdir=runs/xml_gru
+
+The data are generated (``rnn_jax.data.tasks``): nothing to download. Protocol of the paper: one
+continuous stream cut into ``batch=20`` contiguous streams, unrolled ``seq_len=35`` steps, the
+hidden state carried across minibatches and never reset between examples; inputs embedded to the
+hidden size (MUT1/MUT2 add the raw input to a hidden-sized gate); every matrix uniform in
+``±init_scale/sqrt(hidden)`` (``init_style=uniform``; ``init_style=lecun``: LeCun-normal input
+matrices, orthogonal recurrent ones, unit-scale embeddings); SGD with gradient clipping. The loss counts the scored positions
+(the answers; every character for XML) and the best checkpoint is the one with the best
+validation accuracy.
+
+``task=ptb,data_path=DIR`` (Penn Treebank files) and ``task=music,data_path=FILE`` (piano rolls)
+use the same protocol, are selected by validation loss and report perplexity / NLL per time step.
+
+Arg string: ``task=arithmetic,cell=lstm_f,hidden=128,layers=1,steps=2000,lr=0.5,init=1.0,
+max_norm=5,optimizer=sgd,init_style=uniform,digits=8,distractors=3,train_chars=1000000,
+eval_chars=20000,eval_every=500,seed=0,runlocal``.
+"""
+
+import math
+
+from experiments.configs import common
+from rnn_jax.configs import check_choice, parse_arg
+from rnn_jax.data.tasks import TASKS
+
+ALL_TASKS = TASKS + ("ptb", "music")  # ptb and music read files: data_path=...
+
+
+def get_config(arg=None):
+    a = parse_arg(arg, task="arithmetic", cell="lstm", hidden=128, layers=1, steps=3000, batch=20,
+                  seq_len=35, lr=0.5, init=1.0, max_norm=5.0, optimizer="sgd", init_style="uniform",
+                  digits=8,
+                  distractors=3, data_path="", train_chars=1_000_000, eval_chars=20_000, eval_every=500, seed=0,
+                  runlocal=False)
+    check_choice("task", a.task, ALL_TASKS)
+    check_choice("init_style", a.init_style, ("uniform", "lecun"))
+    c = common.lm_config()
+    c.seed, c.cell = a.seed, a.cell
+    c.model.update(embed_size=a.hidden, hidden_size=a.hidden, num_layers=a.layers)
+    if a.init_style == "uniform":  # the paper: every matrix uniform in ±init/sqrt(hidden)
+        c.model.update(kernel_init="uniform", recurrent_init="uniform", init_scale=a.init,
+                       embed_scale=a.init / math.sqrt(a.hidden), output_scale=a.init)
+    else:  # LeCun-normal input matrices, orthogonal recurrent ones, unit-scale embeddings
+        c.model.update(kernel_init="lecun_normal", recurrent_init="orthogonal", init_scale=a.init,
+                       embed_scale=1.0, output_scale=a.init)
+    c.data.update(kind=a.task, path="")
+    c.data.seed = 0  # the same data for every cell and every seed of the model
+    c.data.loss_on = "scored"
+    # each task's options (only the block of data.kind is used)
+    c.data.arithmetic = dict(max_digits=a.digits, max_distractors=a.distractors, negative_prob=0.0)
+    c.data.xml = dict(max_iters=50, min_len=2, max_len=10)
+    c.data.memorization = dict(num_symbols=5, alphabet=26)
+    c.data.num_chars = dict(train=a.train_chars, valid=a.eval_chars, test=a.eval_chars)
+    c.train.update(batch_size=a.batch, seq_len=a.seq_len, eval_batch_size=a.batch, num_steps=a.steps,
+                   log_every=100, eval_every=a.eval_every, checkpoint_every=a.eval_every,
+                   sample_length=0, max_to_keep=1)
+    c.train.select_by = "valid_accuracy"
+    if a.task == "ptb":  # word-level LM: perplexity; data_path is the directory of ptb.*.txt
+        c.data.update(kind="ptb", dir=a.data_path)
+        c.train.select_by = "valid_loss"
+    elif a.task == "music":  # piano rolls: NLL per time step; data_path is a JSON or pickle file
+        c.data.update(kind="music", path=a.data_path)
+        c.train.select_by = "valid_loss"
+    c.optim.update(name=a.optimizer, learning_rate=a.lr, max_norm=a.max_norm)
+    c.optim.schedule.update(name="constant")
+    if a.runlocal:
+        c.model.update(embed_size=16, hidden_size=16)
+        c.data.num_chars = dict(train=4000, valid=600, test=600)
+        c.train.update(batch_size=4, seq_len=10, eval_batch_size=4, num_steps=20, log_every=5,
+                       eval_every=10, checkpoint_every=10)
+    return c
+
+
+def sweep(add):
+    for task in ("arithmetic", "xml"):
+        for cell in ("rnn", "lstm", "lstm_f", "gru", "mut1"):
+            add(cell=cell, **{"data.kind": task})

@@ -1,0 +1,249 @@
+"""Polyphonic music as piano rolls, in the format of Boulanger-Lewandowski et al. (2012).
+
+A dataset file holds ``{"train": [...], "valid": [...], "test": [...]}``: each split is a list of
+sequences, each sequence a list of time steps, each step a list of the MIDI pitches (0..127)
+sounding at that step (an empty step is silence). The public sets (JSB Chorales, Nottingham,
+MuseData, Piano-midi.de) are Python-2 pickles whose steps are tuples, sometimes of floats such as
+``60.0``; JSON files with the same layout are read too.
+
+Pickles are read only through :class:`SafeUnpickler`, which refuses every global reference: a
+pickle can then build nothing but plain containers and numbers, so loading one runs no code.
+
+:func:`piano_rolls` turns a file into :class:`PianoRolls`: one ``float32`` multi-hot array
+``[num_frames, num_pitches]`` per split, its sequences concatenated in order (the stream protocol:
+there is no reset between sequences), plus the frame at which each sequence starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import pickle
+
+import numpy as np
+
+SPLITS = ("train", "valid", "test")
+MIN_PITCH = 0
+MAX_PITCH = 127
+
+__all__ = ["MAX_PITCH", "MIN_PITCH", "PianoRolls", "SPLITS", "SafeUnpickler", "UnsafePickleError",
+           "load_piano_rolls", "piano_roll", "piano_rolls", "save_json"]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle referred to a global (a class or function); nothing was imported or called."""
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that builds only built-in containers, strings and numbers.
+
+    Every opcode that would import or call something goes through :meth:`find_class` (``GLOBAL``,
+    ``STACK_GLOBAL``, the ``EXT*`` copyreg codes), so refusing it there means ``REDUCE``, ``OBJ``,
+    ``INST`` and ``NEWOBJ`` never get a callable. Persistent ids are refused by the base class.
+    """
+
+    def find_class(self, module, name):
+        raise UnsafePickleError(f"refused to load global {module}.{name}: only plain lists, "
+                                "tuples, dicts, strings and numbers are allowed")
+
+
+def _read_pickle(data: bytes):
+    return SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+def _decode(data: bytes, path: str):
+    """JSON or pickle, decided from the content."""
+    text_start = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # UTF-8 byte order mark
+    if text_start.lstrip()[:1] == b"{":
+        try:
+            return json.loads(text_start.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+    try:
+        return _read_pickle(data)
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, OverflowError, MemoryError, UnicodeDecodeError, RecursionError) as e:
+        if data[:1] == b"\x80":  # the PROTO opcode: it claims to be a pickle
+            raise ValueError(f"{path}: not a valid pickle: {type(e).__name__}: {e}") from None
+        raise ValueError(f"{path}: unrecognised format: expected a JSON object (starting with "
+                         "'{') or a pickle of {'train': ..., 'valid': ..., 'test': ...}") from None
+
+
+def _type(value) -> str:
+    return type(value).__name__
+
+
+def _pitch(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: pitch {value!r} ({_type(value)}) is not a number")
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise ValueError(f"{where}: pitch {value!r} is not an integer")
+        value = int(value)
+    if not MIN_PITCH <= value <= MAX_PITCH:
+        raise ValueError(f"{where}: pitch {value} is outside the MIDI range {MIN_PITCH}..{MAX_PITCH}")
+    return value
+
+
+def _validate(obj, path: str) -> dict:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict with keys {list(SPLITS)}, got {_type(obj)}")
+    out = {}
+    for split in SPLITS:
+        if split not in obj:
+            found = [k if isinstance(k, str) else repr(k) for k in obj]
+            raise ValueError(f"{path}: missing split {split!r}; keys found: {found}")
+        seqs = obj[split]
+        if not isinstance(seqs, (list, tuple)):
+            raise ValueError(f"{path}: split {split!r} must be a list of sequences, got {_type(seqs)}")
+        clean = []
+        for i, seq in enumerate(seqs):
+            where = f"{path}: split {split!r}, sequence {i}"
+            if not isinstance(seq, (list, tuple)):
+                raise ValueError(f"{where}: expected a list of time steps, got {_type(seq)} {seq!r:.60}")
+            if not seq:
+                raise ValueError(f"{where}: empty sequence (no time steps)")
+            steps = []
+            for t, step in enumerate(seq):
+                at = f"{where}, step {t}"
+                if not isinstance(step, (list, tuple)):
+                    raise ValueError(f"{at}: expected a list of pitches, got {_type(step)} {step!r:.60}")
+                steps.append([_pitch(p, at) for p in step])
+            clean.append(steps)
+        out[split] = clean
+    return out
+
+
+def load_piano_rolls(path) -> dict[str, list[list[list[int]]]]:
+    """Reads and validates a dataset file (JSON or pickle, decided from its content).
+
+    Returns ``{"train", "valid", "test"}`` (other keys in the file are ignored), each a list of
+    sequences of time steps of ``int`` pitches. Malformed content raises ``ValueError`` naming the
+    path, split, sequence, step and value; a pickle that refers to any class or function raises
+    :class:`UnsafePickleError` (a ``pickle.UnpicklingError``) before anything is imported.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such dataset file: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    return _validate(_decode(data, path), path)
+
+
+def save_json(path, data) -> None:
+    """Writes ``{"train", "valid", "test"}`` splits (lists of steps of pitches) as JSON."""
+    def plain(x):
+        if isinstance(x, (np.integer, np.floating)):
+            return x.item()
+        raise TypeError(f"cannot write {_type(x)} to a piano-roll JSON file")
+
+    out = {split: [[list(step) for step in seq] for seq in data[split]] for split in SPLITS}
+    with open(os.fspath(path), "w", encoding="utf-8") as f:
+        json.dump(out, f, default=plain, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------------------------
+# Piano rolls
+# --------------------------------------------------------------------------------------------
+
+
+def _check_range(low, high) -> None:
+    for name, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                or not MIN_PITCH <= value <= MAX_PITCH:
+            raise ValueError(f"{name} must be a MIDI pitch in {MIN_PITCH}..{MAX_PITCH}, got {value!r}")
+    if low > high:
+        raise ValueError(f"low ({low}) must not be above high ({high})")
+
+
+def piano_roll(sequences, low: int, high: int) -> np.ndarray:
+    """One split as a multi-hot ``float32`` array ``[num_frames, high - low + 1]``.
+
+    ``sequences`` are concatenated in order; column ``j`` is pitch ``low + j``. A pitch outside
+    ``low..high`` raises ``ValueError`` naming it and where it is.
+    """
+    _check_range(low, high)
+    rows, cols = [], []
+    frame = 0
+    for i, seq in enumerate(sequences):
+        for t, step in enumerate(seq):
+            for p in step:
+                if not low <= p <= high:
+                    raise ValueError(f"sequence {i}, step {t}: pitch {p!r} is outside the range "
+                                     f"{low}..{high}")
+                rows.append(frame)
+                cols.append(int(p) - low)
+            frame += 1
+    roll = np.zeros((frame, high - low + 1), np.float32)
+    roll[np.asarray(rows, np.int64), np.asarray(cols, np.int64)] = 1.0
+    return roll
+
+
+def _starts(sequences) -> np.ndarray:
+    lengths = np.asarray([len(seq) for seq in sequences], np.int64)
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
+
+
+@dataclasses.dataclass(frozen=True)
+class PianoRolls:
+    """``train``/``valid``/``test`` piano rolls over pitches ``low..high`` (inclusive).
+
+    Each split is ``float32 [num_frames, num_pitches]``, its sequences concatenated in order;
+    ``starts[split]`` holds the frame index at which each sequence begins.
+    """
+
+    low: int
+    high: int
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    starts: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_pitches(self) -> int:
+        return self.high - self.low + 1
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {list(SPLITS)}")
+        return getattr(self, name)
+
+    def sequences(self, name: str) -> list[np.ndarray]:
+        """The split cut back into its sequences (views of the concatenated array)."""
+        roll = self.split(name)
+        starts = self.starts[name]
+        return np.split(roll, starts[1:]) if len(starts) else []
+
+
+def piano_rolls(path, low: int | None = None, high: int | None = None) -> PianoRolls:
+    """Loads a dataset file as :class:`PianoRolls`.
+
+    The pitch range is the lowest..highest pitch over all splits, unless ``low``/``high`` are
+    given; then a pitch outside them raises ``ValueError`` naming it and where it is.
+    """
+    path = os.fspath(path)
+    data = load_piano_rolls(path)
+    pitches = [p for split in SPLITS for seq in data[split] for step in seq for p in step]
+    if (low is None or high is None) and not pitches:
+        raise ValueError(f"{path}: no notes in any split; give low and high explicitly")
+    low = min(pitches) if low is None else low
+    high = max(pitches) if high is None else high
+    _check_range(low, high)
+    rolls = {}
+    for split in SPLITS:
+        try:
+            rolls[split] = piano_roll(data[split], low, high)
+        except ValueError as e:
+            raise ValueError(f"{path}: split {split!r}, {e}") from None
+    return PianoRolls(low=int(low), high=int(high), **rolls,
+                      starts={split: _starts(data[split]) for split in SPLITS})
