@@ -1,0 +1,57 @@
+r"""Comparison tables and learning curves of a sweep, from its run directories only.
+
+    python -m experiments.report --sweep_dir=runs/tasks_sweep
+    python -m experiments.report --sweep_dir=runs/tasks_sweep --out_dir=docs/tasks \
+        --cells=rnn,lstm,lstm_f,gru,mut1 --tasks=arithmetic,xml
+
+Every directory below ``--sweep_dir`` holding a ``config.json`` is a run (``sweep.json`` is not
+read). Writes ``table.md``, ``table.tex``, ``table.csv``, ``comparison.json`` and
+``curves_<task>.png`` to ``--out_dir`` (default ``<sweep_dir>/report``) and prints the Markdown
+table. See :mod:`rnn_jax.report` for how the best setting of each cell is chosen.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from absl import app, flags
+
+from rnn_jax import report
+
+
+def make_report(sweep_dir: str, out_dir: str | None = None, cells: Sequence[str] | None = None,
+                tasks: Sequence[str] | None = None) -> dict:
+    """What the main does, without flags: ``report.write_report`` with a clear error when
+    ``sweep_dir`` is missing or holds no run directory (``ValueError``)."""
+    if not os.path.isdir(sweep_dir):
+        raise ValueError(f"--sweep_dir={sweep_dir} is not a directory")
+    return report.write_report(sweep_dir, out_dir=out_dir, tasks=tasks or None, cells=cells or None)
+
+
+def _define_flags():
+    # Defined only when run as a program, so that importing this module (tests) cannot clash
+    # with flags of the same name in other experiments (--cells, --out_dir).
+    flags.DEFINE_string("sweep_dir", None, "Sweep directory: run directories (with config.json) below it.")
+    flags.DEFINE_string("out_dir", None, "Output directory (default: <sweep_dir>/report).")
+    flags.DEFINE_list("cells", None, "Cells (table rows), in this order (default: all, canonical order).")
+    flags.DEFINE_list("tasks", None, "Tasks (table columns), in this order (default: all).")
+    flags.mark_flag_as_required("sweep_dir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    f = flags.FLAGS
+    try:
+        out = make_report(f.sweep_dir, out_dir=f.out_dir, cells=f.cells, tasks=f.tasks)
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    print(out["markdown"])
+    print(f"wrote {os.path.dirname(out['table_md'])}: table.md, table.tex, table.csv, comparison.json"
+          + "".join(f", {os.path.basename(p)}" for p in out["curves"]))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,66 @@
+r"""Run a config file's sweep (``sweep(add)``) on this machine, or show where it stands.
+
+    python -m experiments.sweep run --config=experiments/configs/char_lm.py \
+        --arg=steps=500 --config_override=data.path=../shared/data/tinyshakespeare.txt --sweep_dir=runs/sweep1
+    python -m experiments.sweep status --sweep_dir=runs/sweep1
+
+Each point trains in ``<sweep_dir>/runs/<name>`` (the name is a hash of the point's overrides);
+``--workers`` points run at once (default: the number of cores). Running again skips completed and
+diverged points and retries failed or interrupted ones (they resume from their checkpoints).
+"""
+
+import collections
+import json
+import os
+
+from absl import app, flags
+
+from rnn_jax import sweep
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file with get_config(arg) and sweep(add).")
+_ARG = flags.DEFINE_string("arg", None, "The config's arg string for every point.")
+_OVERRIDES = flags.DEFINE_multi_string("config_override", [], "field=value set on every point (JSON values).")
+_SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Sweep directory.")
+_WORKERS = flags.DEFINE_integer("workers", None, "Parallel runs (default: the number of cores).")
+flags.mark_flag_as_required("sweep_dir")
+
+
+def _parse_override(text):
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise app.UsageError(f"--config_override {text!r}: expected field=value")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # a bare string
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ("run", "status"):
+        raise app.UsageError("give one command: run or status")
+    if argv[1] == "status":
+        try:
+            states = sweep.sweep_status(_SWEEP_DIR.value)
+        except FileNotFoundError as e:
+            raise app.UsageError(str(e)) from None
+        for name, state in sorted(states.items()):
+            print(f"{name}  {state}")
+        counts = collections.Counter(states.values())
+        print(", ".join(f"{counts[s]} {s}" for s in sweep.local.STATES if counts[s]))
+        return
+    if not _CONFIG.value:
+        raise app.UsageError("run needs --config")
+    common = dict(_parse_override(o) for o in _OVERRIDES.value)
+    try:
+        points = [{**p, **common} for p in sweep.sweep_points(_CONFIG.value)]
+    except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
+    statuses = sweep.launch_local(_SWEEP_DIR.value, _CONFIG.value, points, base_arg=_ARG.value,
+                                  workers=_WORKERS.value)
+    counts = collections.Counter(statuses.values())
+    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print(f"run dirs in {os.path.join(_SWEEP_DIR.value, 'runs')}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,231 @@
+"""The local launcher: a process pool that trains sweep points, one run directory each.
+
+Layout of a sweep directory::
+
+    <sweep_dir>/sweep.json             the config file, base arg and every point launched so far
+    <sweep_dir>/runs/<point-name>/     a run directory (see rnn_jax.train), plus overrides.json and log.txt
+
+The sweep directory alone says what has run: a point is done when its ``result.json`` says
+``completed`` or ``diverged`` (deterministic: re-running would diverge again); ``failed`` points
+and points without a result run again on the next launch. A point holds an exclusive lock on its
+run directory while it trains, so two launchers on one sweep never train the same point at once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fcntl
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from typing import Any, Callable, Mapping, Sequence
+
+from rnn_jax.sweep import points as points_lib
+
+DONE = ("completed", "diverged")
+STATES = ("pending", "started", "running", "completed", "diverged", "failed")
+
+
+def run_dir(sweep_dir: str, name: str) -> str:
+    return os.path.join(sweep_dir, "runs", name)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+@contextlib.contextmanager
+def _locked(workdir: str):
+    """Hold ``<workdir>/.lock`` exclusively; yields False when another process holds it."""
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(os.path.join(workdir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def point_state(workdir: str) -> str:
+    """pending (no run dir), running (locked by a live process), started (stopped before the end),
+    or the status in result.json."""
+    if not os.path.isdir(workdir):
+        return "pending"
+    result = _read_json(os.path.join(workdir, "result.json"))
+    if result is not None and result.get("status") in ("completed", "diverged", "failed"):
+        return result["status"]
+    with _locked(workdir) as got:
+        if not got:
+            return "running"
+    return "started" if os.path.exists(os.path.join(workdir, "config.json")) else "pending"
+
+
+def run_point(config_path: str, base_arg: str | None, overrides: Mapping[str, Any], workdir: str) -> dict:
+    """Train one point in ``workdir`` (resuming it if it has a checkpoint); never raises.
+
+    Returns ``{"status": ..., "skipped": bool, ...}``; the training log goes to ``workdir/log.txt``.
+    """
+    with _locked(workdir) as got:
+        if not got:
+            return {"status": "running", "skipped": True}
+        result = _read_json(os.path.join(workdir, "result.json"))
+        if result is not None and result.get("status") in DONE:
+            return {**result, "skipped": True}
+        _write_json(os.path.join(workdir, "overrides.json"), dict(overrides))
+        with open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8") as logf:
+            def log(msg):
+                logf.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+                logf.flush()
+            try:
+                from rnn_jax import train as train_lib  # imported here: workers start light
+                config = points_lib.point_config(config_path, base_arg, overrides)
+                result = train_lib.train_and_evaluate(config, workdir, log=log)
+                return {**result, "skipped": False}
+            except Exception as e:  # the sweep goes on; the point is recorded as failed
+                log(traceback.format_exc())
+                error = f"{type(e).__name__}: {e}"
+                result = _read_json(os.path.join(workdir, "result.json"))
+                if result is None or result.get("status") != "failed":
+                    _write_json(os.path.join(workdir, "result.json"), {"status": "failed", "error": error})
+                return {"status": "failed", "error": error, "skipped": False}
+
+
+def _worker_env(workers: int, cache_dir: str | None) -> dict:
+    env = {}
+    if workers > 1:  # one XLA thread per worker: the pool already fills the cores
+        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                            " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    if cache_dir:  # compiled programs are shared between workers and launches
+        env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    return env
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def record_sweep(sweep_dir: str, config_path: str, base_arg: str | None, points: Sequence[Mapping]) -> list:
+    """Add ``points`` to ``sweep.json`` (creating it); returns their names."""
+    os.makedirs(os.path.join(sweep_dir, "runs"), exist_ok=True)
+    path = os.path.join(sweep_dir, "sweep.json")
+    saved = _read_json(path) or {"config": os.path.abspath(config_path), "arg": base_arg, "points": {}}
+    if saved.get("config") != os.path.abspath(config_path) or saved.get("arg") != base_arg:
+        raise ValueError(f"{sweep_dir} holds a sweep of config {saved.get('config')} with arg "
+                         f"{saved.get('arg')!r}; this launch is {os.path.abspath(config_path)} with "
+                         f"{base_arg!r}. Use another sweep_dir.")
+    names = []
+    for p in points:
+        name = points_lib.point_name(p)
+        saved["points"][name] = dict(p)
+        names.append(name)
+    _write_json(path, saved)
+    return names
+
+
+def sweep_status(sweep_dir: str) -> dict:
+    """``{name: state}`` for every point recorded in ``sweep.json``."""
+    saved = _read_json(os.path.join(sweep_dir, "sweep.json"))
+    if saved is None:
+        raise FileNotFoundError(f"{sweep_dir} has no sweep.json: not a sweep directory")
+    return {name: point_state(run_dir(sweep_dir, name)) for name in saved["points"]}
+
+
+def launch_local(sweep_dir: str, config_path: str, points: Sequence[Mapping[str, Any]], *,
+                 base_arg: str | None = None, workers: int | None = None, compile_cache: bool = True,
+                 log: Callable[[str], None] | None = None, describe: Callable[[Mapping], str] | None = None) -> dict:
+    """Run every point not yet done, ``workers`` at a time (default: the number of cores).
+
+    Returns ``{name: status}`` for all the given points. A point that fails (or whose worker
+    process dies) is recorded as failed and the others go on.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    describe = describe or (lambda p: ", ".join(f"{k}={v}" for k, v in p.items()))
+    workers = workers or os.cpu_count() or 1
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    names = record_sweep(sweep_dir, config_path, base_arg, points)
+    by_name = dict(zip(names, points))
+    statuses = {}
+    todo = []
+    for name in dict.fromkeys(names):
+        state = point_state(run_dir(sweep_dir, name))
+        if state in DONE:
+            statuses[name] = state
+        else:
+            todo.append(name)
+    log(f"sweep {sweep_dir}: {len(by_name)} points, {len(statuses)} done, {len(todo)} to run "
+        f"with {min(workers, max(len(todo), 1))} worker(s)")
+    if not todo:
+        return statuses
+    cache = os.path.join(sweep_dir, "jax_cache") if compile_cache else None
+    started = time.time()
+    finished = 0
+    attempts = {name: 0 for name in todo}
+    while todo:
+        ctx = multiprocessing.get_context("spawn")
+        with _environ(_worker_env(workers, cache)):
+            pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
+        futures = {}
+        for name in todo:
+            attempts[name] += 1
+            futures[pool.submit(run_point, config_path, base_arg, by_name[name], run_dir(sweep_dir, name))] = name
+        retry = []
+        for future in concurrent.futures.as_completed(futures):
+            name = futures[future]
+            try:
+                out = future.result()
+            except concurrent.futures.process.BrokenProcessPool:
+                if attempts[name] < 2:
+                    retry.append(name)
+                    continue
+                out = {"status": "failed", "error": "the worker process died"}
+                result_path = os.path.join(run_dir(sweep_dir, name), "result.json")
+                if _read_json(result_path) is None:
+                    os.makedirs(os.path.dirname(result_path), exist_ok=True)
+                    _write_json(result_path, out)
+            statuses[name] = out["status"]
+            finished += 1
+            elapsed = time.time() - started
+            summary = ", ".join(f"{k}={out[k]:.4f}" for k in ("best_valid_accuracy", "best_valid_loss")
+                                if isinstance(out.get(k), float))
+            eta = elapsed / finished * (len(todo) - finished - len(retry))
+            log(f"[{finished}/{len(todo)}] {name} ({describe(by_name[name])}): {out['status']}"
+                + (f" {summary}" if summary else "") + (f" ({out.get('error')})" if out.get("error") else "")
+                + f"; {elapsed / 60:.1f} min elapsed, ~{eta / 60:.1f} min left")
+        pool.shutdown(wait=True, cancel_futures=True)
+        todo = retry
+    return statuses

@@ -1,0 +1,119 @@
+"""Sweep points: expansion of ``sweep(add)``, stable names, configs with overrides.
+
+A config file may declare a sweep beside ``get_config``::
+
+    def sweep(add):
+        for cell in ("lstm", "gru"):
+            add(cell=cell, **{"optim.learning_rate": 0.003})
+
+Each ``add(**overrides)`` is one point: dotted config fields and their values. The reserved key
+``arg`` replaces the config's arg string (``get_config(arg)``) for that point. A point's name is a
+stable hash of its overrides (canonical JSON), so the same point always maps to the same run
+directory, whichever machine or launcher expands the sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from typing import Any, Callable, Iterable, Mapping
+
+import ml_collections
+
+ARG_KEY = "arg"
+
+
+def canonical(overrides: Mapping[str, Any]) -> str:
+    """Canonical JSON of a point's overrides (sorted keys, tuples as lists)."""
+    try:
+        return json.dumps(overrides, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"sweep point {overrides!r}: values must be JSON numbers, strings, booleans, "
+                         f"lists or dicts ({e})") from None
+
+
+def point_name(overrides: Mapping[str, Any]) -> str:
+    """``p-`` and the first 12 hex digits of the SHA-256 of the canonical overrides."""
+    return "p-" + hashlib.sha256(canonical(overrides).encode("utf-8")).hexdigest()[:12]
+
+
+def expand(sweep_fn: Callable[[Callable[..., None]], None]) -> list:
+    """Points of a ``sweep(add)`` function, in order, duplicates removed."""
+    points, seen = [], set()
+
+    def add(**overrides):
+        key = canonical(overrides)
+        if key not in seen:
+            seen.add(key)
+            points.append(dict(overrides))
+
+    sweep_fn(add)
+    return points
+
+
+def load_config_module(path: str):
+    """Import a config file (``experiments/configs/x.py``) as a module."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    name = "rnn_jax_sweep_config_" + hashlib.sha256(path.encode()).hexdigest()[:8]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(path)))  # repo root for `experiments.`
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path} has no get_config(arg)")
+    return module
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Set dotted fields; an unknown field raises ``ValueError`` naming it and the fields allowed."""
+    for key, value in overrides.items():
+        if key == ARG_KEY:
+            continue
+        node = config
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                where = ".".join(parts[:i]) or "config"
+                raise ValueError(f"sweep override {key!r}: {where} has no section {part!r}; "
+                                 f"sections: {', '.join(sorted(k for k in node.keys() if isinstance(node[k], ml_collections.ConfigDict)))}")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf not in node:
+            raise ValueError(f"sweep override {key!r}: no field {leaf!r} there; fields: "
+                             f"{', '.join(sorted(node.keys()))}")
+        if isinstance(value, list):
+            value = tuple(value) if isinstance(node[leaf], tuple) else value
+        if isinstance(node[leaf], ml_collections.ConfigDict) and isinstance(value, Mapping):
+            node[leaf].update(value)
+        else:
+            try:
+                node[leaf] = value
+            except TypeError as e:
+                raise ValueError(f"sweep override {key}={value!r}: {e}") from None
+    return config
+
+
+def point_config(config_path: str, base_arg: str | None, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    module = load_config_module(config_path)
+    arg = overrides.get(ARG_KEY, base_arg)
+    return apply_overrides(module.get_config(arg), overrides)
+
+
+def sweep_points(config_path: str, extra: Iterable[Mapping[str, Any]] = ()) -> list:
+    """The points of a config file's ``sweep(add)`` (plus ``extra`` ones)."""
+    module = load_config_module(config_path)
+    if not hasattr(module, "sweep"):
+        raise ValueError(f"config file {config_path} has no sweep(add) function")
+    points = expand(module.sweep)
+    seen = {canonical(p) for p in points}
+    for p in extra:
+        if canonical(p) not in seen:
+            points.append(dict(p))
+    return points

@@ -1,0 +1,138 @@
+"""Sweeps: point names, overrides, the hyperparameter search, the local launcher, a micro comparison."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rnn_jax import report, sweep
+from rnn_jax.sweep import compare, hparams
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS_CONFIG = os.path.join(ROOT, "experiments", "configs", "tasks.py")
+
+
+def test_point_names_are_stable_and_expand_dedupes():
+    a = {"cell": "lstm", "optim.learning_rate": 0.5}
+    assert sweep.point_name(a) == sweep.point_name(dict(reversed(list(a.items()))))
+    assert sweep.point_name(a) != sweep.point_name({**a, "seed": 1})
+    # the name is a pure function of the overrides' canonical JSON (a regression guard)
+    assert sweep.point_name({"cell": "gru"}) == "p-" + __import__("hashlib").sha256(
+        b'{"cell":"gru"}').hexdigest()[:12]
+
+    def fn(add):
+        for cell in ("lstm", "gru", "lstm"):
+            add(cell=cell)
+
+    assert sweep.expand(fn) == [{"cell": "lstm"}, {"cell": "gru"}]
+    with pytest.raises(ValueError, match="JSON"):
+        sweep.point_name({"x": object()})
+
+
+def test_overrides_apply_and_name_bad_fields():
+    config = sweep.point_config(TASKS_CONFIG, None, {"arg": "task=xml,hidden=32", "cell": "gru",
+                                                     "optim.learning_rate": 0.25})
+    assert (config.data.kind, config.model.hidden_size, config.cell) == ("xml", 32, "gru")
+    assert config.optim.learning_rate == 0.25
+    with pytest.raises(ValueError, match="no field 'learning_rat'.*learning_rate"):
+        sweep.point_config(TASKS_CONFIG, None, {"optim.learning_rat": 1.0})
+    with pytest.raises(ValueError, match="has no section 'optimizer'"):
+        sweep.point_config(TASKS_CONFIG, None, {"optimizer.name": "sgd"})
+    points = sweep.sweep_points(TASKS_CONFIG)
+    assert {p["data.kind"] for p in points} == {"arithmetic", "xml"}
+
+
+def test_search_settings_are_shared_and_hidden_fits_the_budget():
+    space = hparams.search_space("sgd")
+    assert space["learning_rate"] == (0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+    s1, s2 = hparams.sample_settings(7, 5, space), hparams.sample_settings(7, 5, space)
+    assert s1 == s2 and len({json.dumps(s) for s in s1}) > 1
+    for cell in ("rnn", "lstm", "mut1"):
+        h = hparams.hidden_for_budget(cell, 2, 40, 50_000)
+        assert hparams.count_params(cell, h, 2, 40) <= 50_000 < hparams.count_params(cell, h + 1, 2, 40)
+    assert hparams.hidden_for_budget("rnn", 1, 40, 50_000) > hparams.hidden_for_budget("lstm", 1, 40, 50_000)
+    with pytest.raises(ValueError, match="too small"):
+        hparams.hidden_for_budget("lstm", 4, 40, 100)
+    # every cell gets the same settings in the comparison
+    preset = compare.Preset(tasks=("xml",), settings=3, seeds=1, steps=10, budget=20_000, optimizer="sgd",
+                            init_style="uniform", fixed=None, digits=3, distractors=1,
+                            train_chars=1000, eval_every=5, max_layers=2)
+    pts = compare.search_points(preset, ["rnn", "gru"], ["xml"])
+    strip = lambda p: [x for x in p["arg"].split(",") if not x.startswith("hidden=")]
+    assert [strip(p) for p in pts[:3]] == [strip(p) for p in pts[3:]]
+    with pytest.raises(ValueError, match="unknown or repeated task 'sorting'"):
+        compare.check_tasks(["sorting"], {})
+    with pytest.raises(ValueError, match="--ptb_dir"):
+        compare.check_tasks(["ptb"], {})
+
+
+MICRO = compare.Preset(tasks=("memorization",), settings=2, seeds=2, steps=12, budget=4000,
+                       optimizer="adam", init_style="lecun", fixed=None, digits=3, distractors=1,
+                       train_chars=3000, eval_every=6, max_layers=1,
+                       extra="batch=4,seq_len=10,eval_chars=500")
+
+
+def test_micro_comparison_end_to_end(tmp_path):
+    """2 cells x 1 task x 2 settings, the best rerun with a second seed, a failed and a diverged
+    point recorded while the sweep goes on, a relaunch that skips what is done, and the table."""
+    sweep_dir = str(tmp_path / "sweep")
+    search = compare.search_points(MICRO, ["rnn", "lstm"], ["memorization"])
+    assert len(search) == 4
+    broken = {"arg": search[0]["arg"], "cell": "no_such_cell"}
+    exploding = {**search[0], "optim.name": "sgd", "optim.learning_rate": 1e38}  # an update past float32's range
+    logs = []
+    statuses = sweep.launch_local(sweep_dir, TASKS_CONFIG, search + [broken, exploding], workers=2,
+                                  compile_cache=False, log=logs.append)
+    names = [sweep.point_name(p) for p in search]
+    assert [statuses[n] for n in names] == ["completed"] * 4
+    assert statuses[sweep.point_name(broken)] == "failed"
+    assert statuses[sweep.point_name(exploding)] == "diverged"
+    failed = json.load(open(os.path.join(sweep.run_dir(sweep_dir, sweep.point_name(broken)), "result.json")))
+    assert "no_such_cell" in failed["error"]
+    assert any("[6/6]" in line for line in logs)
+
+    reruns = compare.seed_points(search, compare.read_results(sweep_dir, search), MICRO.seeds)
+    assert len(reruns) == 2 and all("seed=1" in p["arg"] for p in reruns)
+    statuses = sweep.launch_local(sweep_dir, TASKS_CONFIG, reruns, workers=2, compile_cache=False,
+                                  log=logs.append)
+    assert set(statuses.values()) == {"completed"}
+
+    # relaunch: completed and diverged points are skipped, the failed one runs (and fails) again
+    mtimes = {n: os.path.getmtime(os.path.join(sweep.run_dir(sweep_dir, n), "result.json")) for n in names}
+    logs.clear()
+    statuses = sweep.launch_local(sweep_dir, TASKS_CONFIG, search + [broken, exploding], workers=1,
+                                  compile_cache=False, log=logs.append)
+    assert "5 done, 1 to run" in logs[0]
+    assert mtimes == {n: os.path.getmtime(os.path.join(sweep.run_dir(sweep_dir, n), "result.json")) for n in names}
+    status = sweep.sweep_status(sweep_dir)
+    assert sorted(status.values()).count("completed") == 6 and len(status) == 8
+
+    out = report.write_report(sweep_dir, cells=["rnn", "lstm"], tasks=["memorization"])
+    comp = out["comparison"]
+    for cell in ("rnn", "lstm"):
+        entry = comp[cell]["memorization"]
+        assert entry["n"] == 2 and entry["settings"] >= 2
+    assert comp["rnn"]["memorization"]["diverged"] == 1
+    assert "| rnn" in out["markdown"] and "memorization" in out["markdown"]
+    assert os.path.exists(out["table_csv"]) and os.path.exists(out["table_tex"])
+
+
+def test_compare_and_sweep_mains(tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, "-m", "experiments.compare", "--preset=quick", "--dry_run",
+                          "--cells=rnn,gru", f"--sweep_dir={tmp_path}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "2 cells x 2 tasks x 1 setting(s) = 4 runs" in out.stdout
+    assert out.stdout.count("gru on ") == 2
+    bad = subprocess.run([sys.executable, "-m", "experiments.compare", "--dry_run", "--cells=lstm,nope"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "nope" in bad.stderr
+    # status of a recorded sweep, read from its run dirs only
+    sweep.record_sweep(str(tmp_path / "s"), TASKS_CONFIG, None, [{"cell": "gru"}, {"cell": "lstm"}])
+    st = subprocess.run([sys.executable, "-m", "experiments.sweep", "status", f"--sweep_dir={tmp_path / 's'}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert st.returncode == 0, st.stderr
+    assert st.stdout.strip().endswith("2 pending") and sweep.point_name({"cell": "gru"}) in st.stdout
