@@ -1,6 +1,6 @@
 r"""Compare recurrent cells as Jozefowicz, Zaremba & Sutskever (2015) did, and print the table.
 
-    python -m experiments.compare --preset=quick                   # ~12 min on 2 cores, no data files
+    python -m experiments.compare --preset=quick                   # ~11 min on 2 cores, no data files
     python -m experiments.compare --preset=paper --sweep_dir=...   # the paper's protocol (a cluster)
 
 Every (cell, task) is trained on one continuous stream (batch 20, unroll 35, hidden state carried)
@@ -58,7 +58,12 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     sweep_dir = _SWEEP_DIR.value or os.path.join("runs", f"compare_{_PRESET.value}")
-    search = compare.search_points(preset, cells, tasks, data_paths)
+    try:
+        search = compare.search_points(preset, cells, tasks, data_paths)
+        if not _DRY_RUN.value:
+            compare.check_sweep_dir(sweep_dir, preset)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     print(f"{len(cells)} cells x {len(tasks)} tasks x {len(search) // (len(cells) * len(tasks))} "
           f"setting(s) = {len(search)} runs of {preset.steps} steps, then {preset.seeds - 1} more "
           f"seed(s) of each best setting; sweep dir {sweep_dir}", flush=True)

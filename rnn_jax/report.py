@@ -109,9 +109,10 @@ def plot_runs(workdirs: Sequence[str], out_path: str, labels: Sequence[str] | No
 
 # Config fields that do not change the experiment (logging, checkpointing, samples, data paths):
 # left out of a run's setting, as is the top-level ``seed``.
-NON_EXPERIMENT_FIELDS = ("train.log_every", "train.eval_every", "train.checkpoint_every",
-                         "train.max_to_keep", "train.sample_length", "data.path", "data.dir",
-                         "data.tfds_data_dir")
+# Fields that do not change what a run computes. The data paths are kept: runs on different files
+# (JSB vs Nottingham) are different settings.
+NON_EXPERIMENT_FIELDS = ("train.log_every", "train.checkpoint_every", "train.max_to_keep",
+                         "train.sample_length", "data.tfds_data_dir")
 
 CANONICAL_CELLS = ("rnn", "lstm", "lstm_f", "lstm_i", "lstm_o", "lstm_b", "gru", "mut1", "mut2", "mut3")
 CANONICAL_TASKS = ("arithmetic", "xml", "memorization", "ptb", "music", "char")
@@ -397,6 +398,8 @@ def _cell_text(comp: dict, cell: str, task: str, kind: str, pm: str = "±") -> s
     if n == 0 and best is None:
         return "–"
     d = m.decimals
+    if n < 2:  # one seed: no spread to show
+        return f"{_fmt(best, d)} (n={n})"
     return f"{_fmt(best, d)} ({_fmt(mean, d)} {pm} {_fmt(std, d)}, n={n})"
 
 
@@ -404,7 +407,8 @@ def _notes(tasks: Sequence[str]) -> str:
     lower = [t for t in tasks if not task_metric(t).higher_is_better]
     text = ("Test metric of each cell's best setting (chosen by the validation metric of its lowest-seed "
             "run): best (mean ± std over the completed seeds of that setting, n seeds); std is the "
-            "population std (ddof=0). Paper: Table 1 of Jozefowicz, Zaremba & Sutskever (ICML 2015).")
+            "population std (ddof=0); with one seed only n is shown. Paper: Table 1 of Jozefowicz, "
+            "Zaremba & Sutskever (ICML 2015), for arithmetic and XML only.")
     if lower:
         text += f" Lower is better for {', '.join(lower)}; higher for the accuracies."
     return text

@@ -500,6 +500,22 @@ def _abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), tree)
 
 
+def _restore_latest(checkpoints: RunCheckpoints, params, state):
+    """The latest checkpoint, also one written before ``sched.best_select`` existed (then the best
+    score is the best validation loss, which is what such runs selected by)."""
+    try:
+        return checkpoints.restore("latest", _abstract(params), _abstract(state))
+    except Exception as error:  # orbax reports a tree mismatch with several exception types
+        legacy = {**state, "sched": {k: v for k, v in state["sched"].items() if k != "best_select"}}
+        try:
+            restored = checkpoints.restore("latest", _abstract(params), _abstract(legacy))
+        except Exception:
+            raise error from None
+        p, st, meta = restored
+        st["sched"]["best_select"] = st["sched"]["best_valid"]
+        return p, st, meta
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=None) -> dict:
     """Train (or resume) the run in ``workdir``; returns the contents of ``result.json``."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -555,7 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
                        "bad_evals": jnp.zeros((), jnp.int32), "halvings": jnp.zeros((), jnp.int32)}}
     checkpoints = RunCheckpoints(workdir, t.max_to_keep)
     result_path = os.path.join(workdir, "result.json")
-    restored = checkpoints.restore("latest", _abstract(params), _abstract(state))
+    restored = _restore_latest(checkpoints, params, state)
     if restored is not None:
         params, state, meta = restored
         start = int(state["step"])

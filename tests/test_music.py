@@ -95,12 +95,16 @@ def test_malicious_pickles_are_refused_without_running_anything(tmp_path, protoc
     pwned = tmp_path / "pwned"
     payload = {"train": [[[60]]], "valid": _RunsCommand(pwned), "test": [[[60]]]}
     path = write(tmp_path / "evil.pkl", payload, protocol=protocol)
-    with pytest.raises(pickle.UnpicklingError, match=r"evil\.pkl: refused to load global (posix|os)\.system"):
+    with pytest.raises(pickle.UnpicklingError, match=r"evil\.pkl: refused pickle opcode (STACK_)?GLOBAL"):
         music.load_piano_rolls(path)
     assert not pwned.exists()
     path = write(tmp_path / "eval.pkl", [_CallsEval()], protocol=protocol)
-    with pytest.raises(music.UnsafePickleError, match=r"(__builtin__|builtins)\.eval"):
+    with pytest.raises(music.UnsafePickleError, match=r"refused pickle opcode"):
         music.piano_rolls(path)
+    # the unpickler alone refuses globals too (a second line of defence)
+    with pytest.raises(music.UnsafePickleError, match=r"refused to load global (posix|os)\.system"):
+        music.SafeUnpickler(open(tmp_path / "evil.pkl", "rb")).load()
+    assert not pwned.exists()
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -205,3 +209,23 @@ def test_piano_roll_model_steps_and_gradient():
         model.apply(params, model.zero_carry(2), frames[..., :4])
     with pytest.raises(ValueError, match="num_pitches must be a positive integer"):
         piano.PianoRollModel(cells.get("lstm"), 0, 4, 6)
+
+
+@pytest.mark.parametrize("bad,opcode", [(None, "NONE"), ({1, 2}, "EMPTY_SET"), (b"ab", "BYTES"),
+                                        (True, "NEWTRUE")])
+def test_pickles_of_other_types_are_refused_before_loading(tmp_path, bad, opcode):
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(pickle.dumps({"train": [[[60]]], "valid": bad, "test": [[[60]]]}, protocol=4))
+    with pytest.raises(music.UnsafePickleError, match=f"opcode \\w*{opcode}"):
+        music.load_piano_rolls(str(path))
+
+
+def test_a_small_pickle_describing_a_huge_object_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(music, "MAX_STEPS", 1000)
+    step = [60, 64]
+    seq = [step] * 100  # one list referenced 100 times (memo GET): tiny file, big object
+    path = tmp_path / "amp.pkl"
+    path.write_bytes(pickle.dumps({"train": [seq] * 50, "valid": [seq], "test": [seq]}, protocol=4))
+    assert path.stat().st_size < 1000
+    with pytest.raises(ValueError, match="split 'train' has 5000 time steps \\(at most 1000\\)"):
+        music.load_piano_rolls(str(path))

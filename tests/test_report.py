@@ -96,7 +96,7 @@ def sweep(tmp_path):
     # with the best valid score; D failed
     _write_run(runs / "lstm_a_s0", _config("lstm", "arithmetic", 0, 0.5, log_every=7),
                _task_result(0.80, 0.70, answer=0.50), curve=(0.4, 0.8))
-    _write_run(runs / "lstm_a_s1", _config("lstm", "arithmetic", 1, 0.5, data_path="/elsewhere"),
+    _write_run(runs / "lstm_a_s1", _config("lstm", "arithmetic", 1, 0.5),
                _task_result(0.82, 0.74, answer=0.60))
     _write_run(runs / "extra" / "deep" / "lstm_a_s2", _config("lstm", "arithmetic", 2, 0.5),
                _task_result(0.79, 0.78, answer=0.70))
@@ -129,8 +129,12 @@ def test_find_runs_and_settings(sweep):
     assert len(runs) == 17  # nested run dirs found, sweep.json ignored
     by_name = {os.path.basename(r.workdir): r for r in runs}
     a0, a1, a2 = by_name["lstm_a_s0"], by_name["lstm_a_s1"], by_name["lstm_a_s2"]
-    # seed, log_every and data.path do not change the setting; the learning rate does
+    # seed and log_every do not change the setting; the learning rate and the data file do
     assert a0.setting == a1.setting == a2.setting == by_name["lstm_a_s3"].setting
+    assert (report.setting_of(_config("lstm", "arithmetic", 0, 0.5, log_every=7))
+            == report.setting_of(_config("lstm", "arithmetic", 5, 0.5)))
+    assert (report.setting_of(_config("lstm", "arithmetic", 0, 0.5, data_path="/jsb.pkl"))
+            != report.setting_of(_config("lstm", "arithmetic", 0, 0.5, data_path="/nottingham.pkl")))
     assert a0.setting != by_name["lstm_b_s0"].setting
     assert (a2.cell, a2.task, a2.seed) == ("lstm", "arithmetic", 2)
     assert by_name["lstm_a_s3"].result is None and by_name["lstm_a_s3"].status == "pending"
@@ -239,6 +243,6 @@ def test_report_main(sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "| cell | arithmetic acc | arithmetic answer acc | arithmetic (paper) |"
-    assert lines[2].startswith("| gru | 0.880 (0.880 ± 0.000, n=1)") and lines[3].startswith("| lstm | 0.700")
+    assert lines[2].startswith("| gru | 0.880 (n=1) |") and lines[3].startswith("| lstm | 0.700")
     assert sorted(os.listdir(out_dir)) == ["comparison.json", "curves_arithmetic.png", "table.csv",
                                            "table.md", "table.tex"]

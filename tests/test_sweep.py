@@ -66,6 +66,10 @@ def test_search_settings_are_shared_and_hidden_fits_the_budget():
         compare.check_tasks(["sorting"], {})
     with pytest.raises(ValueError, match="--ptb_dir"):
         compare.check_tasks(["ptb"], {})
+    with pytest.raises(ValueError, match="grid's size"):
+        hparams.sample_settings(0, 10_000, space)
+    with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
+        sweep.launch_local("/nonexistent", TASKS_CONFIG, [], workers=0)
 
 
 MICRO = compare.Preset(tasks=("memorization",), settings=2, seeds=2, steps=12, budget=4000,
@@ -95,9 +99,10 @@ def test_micro_comparison_end_to_end(tmp_path):
 
     reruns = compare.seed_points(search, compare.read_results(sweep_dir, search), MICRO.seeds)
     assert len(reruns) == 2 and all("seed=1" in p["arg"] for p in reruns)
-    statuses = sweep.launch_local(sweep_dir, TASKS_CONFIG, reruns, workers=2, compile_cache=False,
+    statuses = sweep.launch_local(sweep_dir, TASKS_CONFIG, reruns, workers=2, compile_cache=True,
                                   log=logs.append)
     assert set(statuses.values()) == {"completed"}
+    assert os.listdir(os.path.join(sweep_dir, "jax_cache"))  # the workers got the cache's environment
 
     # relaunch: completed and diverged points are skipped, the failed one runs (and fails) again
     mtimes = {n: os.path.getmtime(os.path.join(sweep.run_dir(sweep_dir, n), "result.json")) for n in names}
@@ -136,3 +141,29 @@ def test_compare_and_sweep_mains(tmp_path):
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert st.returncode == 0, st.stderr
     assert st.stdout.strip().endswith("2 pending") and sweep.point_name({"cell": "gru"}) in st.stdout
+
+
+def test_a_comparison_dir_refuses_other_settings(tmp_path):
+    compare.check_sweep_dir(str(tmp_path), MICRO)
+    compare.check_sweep_dir(str(tmp_path), MICRO)  # the same preset: fine
+    other = compare.dataclasses.replace(MICRO, steps=99)
+    with pytest.raises(ValueError, match=r"other settings \(steps differ\)"):
+        compare.check_sweep_dir(str(tmp_path), other)
+    with pytest.raises(ValueError, match="contains ',' or '='"):
+        compare.point(MICRO, "ptb", "lstm", {"num_layers": 1, "init_scale": 1.0, "learning_rate": 0.1,
+                                             "max_norm": 5.0}, 0, {"ptb": "/data/a,b"})
+
+
+def test_compare_main_trains_and_prints_the_table(tmp_path):
+    """The README's main command, shrunk: one cell, one task, a few steps."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, "-m", "experiments.compare", "--preset=quick", "--cells=rnn",
+                          "--tasks=memorization", "--steps=4", "--workers=1", f"--sweep_dir={tmp_path}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| cell | memorization acc |" in out.stdout and "| rnn | " in out.stdout
+    assert os.path.exists(tmp_path / "report" / "table.csv")
+    again = subprocess.run([sys.executable, "-m", "experiments.compare", "--preset=quick", "--cells=rnn",
+                            "--tasks=memorization", "--steps=5", f"--sweep_dir={tmp_path}"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "other settings (steps differ)" in again.stderr

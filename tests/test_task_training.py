@@ -83,3 +83,31 @@ def test_music_run_reports_nll_per_time_step(tmp_path):
     config.data.path = ""
     with pytest.raises(ValueError, match="config.data.path is empty.*piano rolls"):
         train.train_and_evaluate(config, str(tmp_path / "other"))
+
+
+def test_resumes_a_checkpoint_written_before_best_select_existed(tmp_path):
+    import shutil
+    from rnn_jax.checkpoint import RunCheckpoints
+    from tests.lm_helpers import tiny_config, write_corpus
+    config = tiny_config(write_corpus(tmp_path / "text.txt"), num_steps=6, eval_every=3, checkpoint_every=3,
+                         sample_length=0)
+    old, new = str(tmp_path / "old"), str(tmp_path / "new")
+    train.train_and_evaluate(config, old, log=lambda m: None)
+    # a run dir as an earlier version left it: the same files, a state without sched.best_select
+    os.makedirs(new)
+    for name in ("config.json", "vocab.json", "corpus.json"):
+        shutil.copy(os.path.join(old, name), new)
+    model = train.make_model(config, len(json.load(open(os.path.join(old, "vocab.json")))["symbols"]))
+    params = model.init(jax.random.PRNGKey(0))
+    ckpt = RunCheckpoints(old)
+    p, state, meta = train._restore_latest(ckpt, params, {
+        "step": 0, "opt_state": train.make_optimizer(config).init(params), "carry": model.zero_carry(4),
+        "sched": {"best_valid": 0.0, "best_select": 0.0, "bad_evals": 0, "halvings": 0}})
+    ckpt.close()
+    del state["sched"]["best_select"]
+    legacy = RunCheckpoints(new)
+    legacy.save("latest", 6, p, state, meta)
+    legacy.close()
+    config.train.num_steps = 9
+    result = train.train_and_evaluate(config, new, log=lambda m: None)
+    assert result["status"] == "completed" and result["step"] == 9

@@ -57,8 +57,6 @@ def test_arithmetic_answers_and_masks():
         np.testing.assert_array_equal(mask, [False] * (len(head) + 1) + [True] * (len(answer) + 1))
         pos += len(ex)
     assert signs == {True, False}
-    neg = tasks.task_corpus("arithmetic", 0, {"train": 10, "valid": 3000, "test": 10}, negative_prob=0.5)
-    assert re.search(r"[+-]-\d", re.sub("[a-z]", "", neg.vocab.decode(neg.valid)))
 
 
 def test_xml_is_well_formed_and_predictable_mask_is_right():
@@ -68,9 +66,12 @@ def test_xml_is_well_formed_and_predictable_mask_is_right():
     assert c.marks["valid"]["scored"].all()
     expected = np.zeros(len(text), bool)
     stack = []
+    ids = c.marks["valid"]["example"]
     for m in re.finditer(r"<(/?)([a-z]+)>", text):
         closing, name = m.group(1), m.group(2)
         assert 2 <= len(name) <= 10
+        if m.start() > 0 and ids[m.start()] != ids[m.start() - 1]:
+            assert stack == []  # every example is balanced: nothing open at an example boundary
         if closing:
             assert stack and stack.pop() == name  # closes the most recent open tag
             expected[m.start() + 2:m.end()] = True
@@ -78,8 +79,6 @@ def test_xml_is_well_formed_and_predictable_mask_is_right():
             stack.append(name)
     assert re.fullmatch(r"(</?[a-z]+>)+", text)
     np.testing.assert_array_equal(pred[:len(expected)], expected)
-    # each example is balanced: the stack is empty at every example boundary
-    ids = c.marks["valid"]["example"]
     # the generator stops at once when its first draw closes (an empty example, half the time)
     firsts = [tasks.example("xml", 1, "valid", i)[0] for i in range(6)]
     k = next(i for i, t in enumerate(firsts) if t)
@@ -109,6 +108,13 @@ def test_memorization_format():
 def test_bad_options_are_named(task, options, match):
     with pytest.raises(ValueError, match=match):
         tasks.task_corpus(task, 0, SIZES, **options)
+
+
+def test_bad_sizes_are_named():
+    with pytest.raises(ValueError, match="unknown split\\(s\\) 'val'"):
+        tasks.task_corpus("xml", 0, {"val": 100})
+    with pytest.raises(ValueError, match="num_chars must be a positive integer, got 10.5"):
+        tasks.task_corpus("xml", 0, {"train": 10.5})
 
 
 def test_accuracies_whole_answers_and_partial_examples():
@@ -149,3 +155,21 @@ def test_stream_weights_and_eval_positions_line_up_with_targets():
     np.testing.assert_array_equal(fs.targets_BxS[1, 0], frames[21])
     fx, fy, fw = data.eval_chunks(frames, 2, 6)
     assert fx.shape == (4, 2, 6, 3) and fw.shape == (4, 2, 6)
+
+
+def test_xml_closes_everything_after_max_iters():
+    texts = {tasks.example("xml", 0, "train", i, max_iters=1)[0] for i in range(300)}
+    assert "" in texts and all(re.fullmatch(r"(<([a-z]+)></\2>)?", t) for t in texts)
+    assert any(t for t in texts)
+
+
+def test_arithmetic_with_signed_operands_is_right():
+    c = tasks.task_corpus("arithmetic", 2, {"train": 10, "valid": 3000, "test": 10},
+                          max_digits=3, max_distractors=1, negative_prob=0.5)
+    seen_negative = 0
+    for ex in _arith_examples(c.vocab.decode(c.valid)):
+        head, answer = ex[:-1].split("=")
+        a, op, b = re.fullmatch(r"(-?\d+)([+-])(-?\d+)", re.sub("[a-z]", "", head)).groups()
+        seen_negative += a.startswith("-") + b.startswith("-")
+        assert int(answer) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+    assert seen_negative > 10

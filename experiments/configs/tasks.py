@@ -16,7 +16,7 @@ validation accuracy.
 use the same protocol, are selected by validation loss and report perplexity / NLL per time step.
 
 Arg string: ``task=arithmetic,cell=lstm_f,hidden=128,layers=1,steps=2000,lr=0.5,init=1.0,
-max_norm=5,optimizer=sgd,init_style=uniform,digits=8,distractors=3,train_chars=1000000,
+max_norm=5,optimizer=sgd,init_style=uniform,digits=8,negative=0.5,distractors=3,train_chars=1000000,
 eval_chars=20000,eval_every=500,seed=0,runlocal``.
 """
 
@@ -32,7 +32,7 @@ ALL_TASKS = TASKS + ("ptb", "music")  # ptb and music read files: data_path=...
 def get_config(arg=None):
     a = parse_arg(arg, task="arithmetic", cell="lstm", hidden=128, layers=1, steps=3000, batch=20,
                   seq_len=35, lr=0.5, init=1.0, max_norm=5.0, optimizer="sgd", init_style="uniform",
-                  digits=8,
+                  digits=8, negative=0.0,
                   distractors=3, data_path="", train_chars=1_000_000, eval_chars=20_000, eval_every=500, seed=0,
                   runlocal=False)
     check_choice("task", a.task, ALL_TASKS)
@@ -50,7 +50,7 @@ def get_config(arg=None):
     c.data.seed = 0  # the same data for every cell and every seed of the model
     c.data.loss_on = "scored"
     # each task's options (only the block of data.kind is used)
-    c.data.arithmetic = dict(max_digits=a.digits, max_distractors=a.distractors, negative_prob=0.0)
+    c.data.arithmetic = dict(max_digits=a.digits, max_distractors=a.distractors, negative_prob=a.negative)
     c.data.xml = dict(max_iters=50, min_len=2, max_len=10)
     c.data.memorization = dict(num_symbols=5, alphabet=26)
     c.data.num_chars = dict(train=a.train_chars, valid=a.eval_chars, test=a.eval_chars)

@@ -6,8 +6,10 @@ sounding at that step (an empty step is silence). The public sets (JSB Chorales,
 MuseData, Piano-midi.de) are Python-2 pickles whose steps are tuples, sometimes of floats such as
 ``60.0``; JSON files with the same layout are read too.
 
-Pickles are read only through :class:`SafeUnpickler`, which refuses every global reference: a
-pickle can then build nothing but plain containers and numbers, so loading one runs no code.
+Pickles are read only after every opcode has been checked against a list that builds nothing but
+lists, tuples, dicts, strings and numbers, and then through :class:`SafeUnpickler`, which refuses
+every global reference: loading one runs no code. Sizes are bounded (``MAX_STEPS``, ``MAX_NOTES``),
+since a small pickle can refer to one list many times.
 
 :func:`piano_rolls` turns a file into :class:`PianoRolls`: one ``float32`` multi-hot array
 ``[num_frames, num_pitches]`` per split, its sequences concatenated in order (the stream protocol:
@@ -22,6 +24,7 @@ import json
 import math
 import os
 import pickle
+import pickletools
 
 import numpy as np
 
@@ -55,7 +58,34 @@ class SafeUnpickler(pickle.Unpickler):
                                 "tuples, dicts, strings and numbers are allowed")
 
 
+# The opcodes a pickle of nested lists/tuples/dicts of strings and numbers needs (protocols 0-5);
+# anything else (None, booleans, bytes, sets, globals, calls, persistent ids, buffers) is refused
+# before loading.
+ALLOWED_OPCODES = frozenset("""
+    PROTO FRAME STOP MARK POP POP_MARK DUP
+    EMPTY_DICT DICT SETITEM SETITEMS EMPTY_LIST LIST APPEND APPENDS
+    EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3
+    INT BININT BININT1 BININT2 LONG LONG1 LONG4 FLOAT BINFLOAT
+    STRING BINSTRING SHORT_BINSTRING UNICODE BINUNICODE SHORT_BINUNICODE BINUNICODE8
+    PUT BINPUT LONG_BINPUT MEMOIZE GET BINGET LONG_BINGET
+""".split())
+# A pickle can refer to one list many times (memo GET): the validated copy could then be far larger
+# than the file. These bounds stop that (the public sets have about 10^5 steps each).
+MAX_STEPS = 5_000_000
+MAX_NOTES = 20_000_000
+MAX_NOTES_PER_STEP = MAX_PITCH - MIN_PITCH + 1
+
+
+def _check_opcodes(data: bytes) -> None:
+    for opcode, arg, pos in pickletools.genops(data):
+        if opcode.name not in ALLOWED_OPCODES:
+            what = f" ({arg})" if isinstance(arg, str) else ""
+            raise UnsafePickleError(f"refused pickle opcode {opcode.name}{what} at byte {pos}: only "
+                                    "plain lists, tuples, dicts, strings and numbers are allowed")
+
+
 def _read_pickle(data: bytes):
+    _check_opcodes(data)
     return SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
@@ -98,7 +128,13 @@ def _pitch(value, where: str) -> int:
 def _validate(obj, path: str) -> dict:
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict with keys {list(SPLITS)}, got {_type(obj)}")
+    for split in SPLITS:  # sizes first, cheaply: a small pickle can describe a huge object
+        if split in obj and isinstance(obj[split], (list, tuple)):
+            steps = sum(len(q) for q in obj[split] if isinstance(q, (list, tuple)))
+            if steps > MAX_STEPS:
+                raise ValueError(f"{path}: split {split!r} has {steps} time steps (at most {MAX_STEPS})")
     out = {}
+    notes = 0
     for split in SPLITS:
         if split not in obj:
             found = [k if isinstance(k, str) else repr(k) for k in obj]
@@ -113,11 +149,16 @@ def _validate(obj, path: str) -> dict:
                 raise ValueError(f"{where}: expected a list of time steps, got {_type(seq)} {seq!r:.60}")
             if not seq:
                 raise ValueError(f"{where}: empty sequence (no time steps)")
+            notes += sum(len(step) if isinstance(step, (list, tuple)) else 0 for step in seq)
+            if notes > MAX_NOTES:
+                raise ValueError(f"{where}: more than {MAX_NOTES} notes in the file")
             steps = []
             for t, step in enumerate(seq):
                 at = f"{where}, step {t}"
                 if not isinstance(step, (list, tuple)):
                     raise ValueError(f"{at}: expected a list of pitches, got {_type(step)} {step!r:.60}")
+                if len(step) > MAX_NOTES_PER_STEP:
+                    raise ValueError(f"{at}: {len(step)} notes in one step (at most {MAX_NOTES_PER_STEP})")
                 steps.append([_pitch(p, at) for p in step])
             clean.append(steps)
         out[split] = clean

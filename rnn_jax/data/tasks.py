@@ -211,10 +211,14 @@ def task_corpus(task: str, seed: int = 0, num_chars: Mapping[str, int] | None = 
                 **options) -> TaskCorpus:
     """The three splits of a task as a :class:`TaskCorpus` (sizes in characters per split)."""
     vocab = _vocab(task)
-    sizes = {"train": 200_000, "valid": 20_000, "test": 20_000, **dict(num_chars or {})}
+    given = dict(num_chars or {})
+    unknown = sorted(set(given) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"num_chars: unknown split(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(SPLITS)}")
+    sizes = {"train": 200_000, "valid": 20_000, "test": 20_000, **given}
     arrays, marks = {}, {}
     for split in SPLITS:
-        text, m = task_stream(task, seed, split, int(sizes[split]), **options)
+        text, m = task_stream(task, seed, split, sizes[split], **options)
         arrays[split] = vocab.encode(text)
         marks[split] = m
     return TaskCorpus(vocab, arrays["train"], arrays["valid"], arrays["test"], marks=marks, task=task)

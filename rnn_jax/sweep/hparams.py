@@ -40,18 +40,23 @@ def search_space(optimizer: str = "sgd", max_layers: int = 4) -> dict:
 
 
 def sample_settings(seed: int, n: int, space: dict) -> list:
-    """``n`` settings drawn uniformly (with replacement) from ``space``; a function of ``seed`` only.
+    """``n`` distinct settings drawn uniformly from the grid ``space``; a function of ``seed`` only.
+
+    Without replacement, so N settings are N different runs (``n`` larger than the grid raises).
 
     >>> sample_settings(0, 2, {"a": (1, 2), "b": (0.5,)})
-    [{'a': 2, 'b': 0.5}, {'a': 2, 'b': 0.5}]
+    [{'a': 1, 'b': 0.5}, {'a': 2, 'b': 0.5}]
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"the number of settings must be a positive integer, got {n!r}")
+    keys = sorted(space)
+    sizes = [len(space[k]) for k in keys]
+    total = int(np.prod(sizes))
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= total:
+        raise ValueError(f"the number of settings must be an integer in 1..{total} (the grid's size), got {n!r}")
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(n):
-        # keys in sorted order: adding a key to the space changes nothing for the others' order
-        out.append({k: space[k][int(rng.integers(len(space[k])))] for k in sorted(space)})
+    for flat in rng.choice(total, size=n, replace=False):
+        idx = np.unravel_index(int(flat), sizes)
+        out.append({k: space[k][int(i)] for k, i in zip(keys, idx)})
     return out
 
 

@@ -41,25 +41,36 @@ def _write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: str):
+def _read_json(path: str, strict: bool = False):
+    """The JSON in ``path``; ``None`` when it is missing (or unreadable, unless ``strict``)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        if strict:
+            raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it") from None
         return None
 
 
 @contextlib.contextmanager
-def _locked(workdir: str):
-    """Hold ``<workdir>/.lock`` exclusively; yields False when another process holds it."""
+def _locked(workdir: str, wait_s: float = 0.0, name: str = ".lock"):
+    """Hold ``<workdir>/<name>`` exclusively; yields False when another process still holds it
+    after ``wait_s`` seconds."""
     os.makedirs(workdir, exist_ok=True)
-    fd = os.open(os.path.join(workdir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(os.path.join(workdir, name), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        deadline = time.time() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.time() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.1)
         try:
             yield True
         finally:
@@ -87,7 +98,7 @@ def run_point(config_path: str, base_arg: str | None, overrides: Mapping[str, An
 
     Returns ``{"status": ..., "skipped": bool, ...}``; the training log goes to ``workdir/log.txt``.
     """
-    with _locked(workdir) as got:
+    with _locked(workdir, wait_s=5.0) as got:  # `status` may hold the lock for a moment
         if not got:
             return {"status": "running", "skipped": True}
         result = _read_json(os.path.join(workdir, "result.json"))
@@ -112,11 +123,8 @@ def run_point(config_path: str, base_arg: str | None, overrides: Mapping[str, An
                 return {"status": "failed", "error": error, "skipped": False}
 
 
-def _worker_env(workers: int, cache_dir: str | None) -> dict:
+def _worker_env(cache_dir: str | None) -> dict:
     env = {}
-    if workers > 1:  # one XLA thread per worker: the pool already fills the cores
-        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                            " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
     if cache_dir:  # compiled programs are shared between workers and launches
         env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -142,23 +150,27 @@ def record_sweep(sweep_dir: str, config_path: str, base_arg: str | None, points:
     """Add ``points`` to ``sweep.json`` (creating it); returns their names."""
     os.makedirs(os.path.join(sweep_dir, "runs"), exist_ok=True)
     path = os.path.join(sweep_dir, "sweep.json")
-    saved = _read_json(path) or {"config": os.path.abspath(config_path), "arg": base_arg, "points": {}}
-    if saved.get("config") != os.path.abspath(config_path) or saved.get("arg") != base_arg:
-        raise ValueError(f"{sweep_dir} holds a sweep of config {saved.get('config')} with arg "
-                         f"{saved.get('arg')!r}; this launch is {os.path.abspath(config_path)} with "
-                         f"{base_arg!r}. Use another sweep_dir.")
-    names = []
-    for p in points:
-        name = points_lib.point_name(p)
-        saved["points"][name] = dict(p)
-        names.append(name)
-    _write_json(path, saved)
+    with _locked(sweep_dir, wait_s=60.0, name=".sweep.lock") as got:  # concurrent launchers
+        if not got:
+            raise RuntimeError(f"{sweep_dir}/.sweep.lock is held by another process for more than a minute")
+        saved = (_read_json(path, strict=True)
+                 or {"config": os.path.abspath(config_path), "arg": base_arg, "points": {}})
+        if saved.get("config") != os.path.abspath(config_path) or saved.get("arg") != base_arg:
+            raise ValueError(f"{sweep_dir} holds a sweep of config {saved.get('config')} with arg "
+                             f"{saved.get('arg')!r}; this launch is {os.path.abspath(config_path)} with "
+                             f"{base_arg!r}. Use another sweep_dir.")
+        names = []
+        for p in points:
+            name = points_lib.point_name(p)
+            saved["points"][name] = dict(p)
+            names.append(name)
+        _write_json(path, saved)
     return names
 
 
 def sweep_status(sweep_dir: str) -> dict:
     """``{name: state}`` for every point recorded in ``sweep.json``."""
-    saved = _read_json(os.path.join(sweep_dir, "sweep.json"))
+    saved = _read_json(os.path.join(sweep_dir, "sweep.json"), strict=True)
     if saved is None:
         raise FileNotFoundError(f"{sweep_dir} has no sweep.json: not a sweep directory")
     return {name: point_state(run_dir(sweep_dir, name)) for name in saved["points"]}
@@ -174,8 +186,8 @@ def launch_local(sweep_dir: str, config_path: str, points: Sequence[Mapping[str,
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     describe = describe or (lambda p: ", ".join(f"{k}={v}" for k, v in p.items()))
-    workers = workers or os.cpu_count() or 1
-    if not isinstance(workers, int) or workers < 1:
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     names = record_sweep(sweep_dir, config_path, base_arg, points)
     by_name = dict(zip(names, points))
@@ -197,12 +209,13 @@ def launch_local(sweep_dir: str, config_path: str, points: Sequence[Mapping[str,
     attempts = {name: 0 for name in todo}
     while todo:
         ctx = multiprocessing.get_context("spawn")
-        with _environ(_worker_env(workers, cache)):
-            pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
         futures = {}
-        for name in todo:
-            attempts[name] += 1
-            futures[pool.submit(run_point, config_path, base_arg, by_name[name], run_dir(sweep_dir, name))] = name
+        # workers start inside submit(): they inherit this environment (the compilation cache)
+        with _environ(_worker_env(cache)):
+            for name in todo:
+                attempts[name] += 1
+                futures[pool.submit(run_point, config_path, base_arg, by_name[name], run_dir(sweep_dir, name))] = name
         retry = []
         for future in concurrent.futures.as_completed(futures):
             name = futures[future]
