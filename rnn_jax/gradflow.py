@@ -97,6 +97,24 @@ def _add_to_h(carry, eps: Array):
     return carry + eps.astype(carry.dtype)
 
 
+def _prepare(cell: cells_lib.Cell, params, xs, readout_fn, carry):
+    """Checked inputs, time-major; the default readout and carry."""
+    xs = jnp.asarray(xs)
+    if xs.ndim != 3:
+        raise ValueError(f"xs must have shape [batch, time, features], got shape {xs.shape}")
+    batch, steps = xs.shape[:2]
+    if steps < 1:
+        raise ValueError("xs must have at least one time step")
+    params = cell.cast(params)
+    dtype = cell.compute_dtype(params)
+    hidden = cell.hidden_size(params)
+    if readout_fn is None:
+        readout_fn = linear_readout(unit_vector(jax.random.PRNGKey(0), hidden, dtype))
+    carry = (cell.zero_carry(params, (batch,)) if carry is None
+             else cell.as_carry(carry, (batch,), hidden, dtype))
+    return params, jnp.swapaxes(xs, 0, 1), readout_fn, carry
+
+
 def hidden_grads(cell: cells_lib.Cell, params, xs: Array,
                  readout_fn: Callable[[Array], Array] | None = None, *, carry=None) -> Array:
     """``∂L_b/∂h_t`` for every example ``b`` and step ``t``: an array ``[B, T, H]``.
@@ -113,20 +131,9 @@ def hidden_grads(cell: cells_lib.Cell, params, xs: Array,
     ``h_t`` is the output of step ``t`` (``t = 1..T`` is index ``t - 1``); for LSTM-family cells
     the derivative is taken with respect to the carry's ``h`` with its ``c`` held fixed.
     """
-    xs = jnp.asarray(xs)
-    if xs.ndim != 3:
-        raise ValueError(f"xs must have shape [batch, time, features], got shape {xs.shape}")
-    batch, steps = xs.shape[:2]
-    if steps < 1:
-        raise ValueError("xs must have at least one time step")
-    params = cell.cast(params)
-    dtype = cell.compute_dtype(params)
-    hidden = cell.hidden_size(params)
-    if readout_fn is None:
-        readout_fn = linear_readout(unit_vector(jax.random.PRNGKey(0), hidden, dtype))
-    carry = (cell.zero_carry(params, (batch,)) if carry is None
-             else cell.as_carry(carry, (batch,), hidden, dtype))
-    xs_t = jnp.swapaxes(xs, 0, 1)
+    params, xs_t, readout_fn, carry = _prepare(cell, params, xs, readout_fn, carry)
+    steps, batch = xs_t.shape[:2]
+    dtype, hidden = cell.compute_dtype(params), cell.hidden_size(params)
 
     def total_loss(eps):
         def body(c, inp):
@@ -167,20 +174,8 @@ def hidden_grad_log_norms(cell: cells_lib.Cell, params, xs: Array,
     ratios far below float32's range (``1e-38``) stay exact instead of flushing to zero. A
     gradient that is exactly zero gives ``-inf``.
     """
-    xs = jnp.asarray(xs)
-    if xs.ndim != 3:
-        raise ValueError(f"xs must have shape [batch, time, features], got shape {xs.shape}")
-    batch, steps = xs.shape[:2]
-    if steps < 1:
-        raise ValueError("xs must have at least one time step")
-    params = cell.cast(params)
-    dtype = cell.compute_dtype(params)
-    hidden = cell.hidden_size(params)
-    if readout_fn is None:
-        readout_fn = linear_readout(unit_vector(jax.random.PRNGKey(0), hidden, dtype))
-    carry = (cell.zero_carry(params, (batch,)) if carry is None
-             else cell.as_carry(carry, (batch,), hidden, dtype))
-    xs_t = jnp.swapaxes(xs, 0, 1)
+    params, xs_t, readout_fn, carry = _prepare(cell, params, xs, readout_fn, carry)
+    batch = xs_t.shape[1]
 
     def forward(c, x_t):
         c_next, _ = cell.step(params, c, x_t)

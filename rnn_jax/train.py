@@ -15,7 +15,6 @@ for bit (on CPU). Records that the stopped run wrote after its last checkpoint a
 
 from __future__ import annotations
 
-import functools
 import json
 import hashlib
 import math

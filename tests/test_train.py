@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnn_jax import data, lm, train
+from rnn_jax import data, train
 from rnn_jax.checkpoint import RunCheckpoints
 from tests.lm_helpers import tiny_config, write_corpus
 
