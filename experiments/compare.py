@@ -29,6 +29,7 @@ _TASKS = flags.DEFINE_list("tasks", None, "Tasks (default: the preset's): arithm
 _SETTINGS = flags.DEFINE_integer("settings", None, "N: hyperparameter settings per cell and task (default: the preset's).")
 _SEEDS = flags.DEFINE_integer("seeds", None, "K: seeds of the best setting (default: the preset's).")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: the preset's).")
+_BUDGET = flags.DEFINE_integer("budget", None, "Parameters per model (default: the preset's); the hidden size follows.")
 _OPTIMIZER = flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "Optimizer (default: the preset's).")
 _WORKERS = flags.DEFINE_integer("workers", None, "Parallel runs (default: the number of cores).")
 _PTB_DIR = flags.DEFINE_string("ptb_dir", None, "Directory with ptb.{train,valid,test}.txt (task ptb).")
@@ -43,10 +44,10 @@ def main(argv):
     changes = {}
     if _SETTINGS.value is not None:
         changes.update(settings=_SETTINGS.value, fixed=None)
-    for name, flag in (("seeds", _SEEDS), ("steps", _STEPS), ("optimizer", _OPTIMIZER)):
+    for name, flag in (("seeds", _SEEDS), ("steps", _STEPS), ("optimizer", _OPTIMIZER), ("budget", _BUDGET)):
         if flag.value is not None:
             changes[name] = flag.value
-    for name in ("settings", "seeds", "steps"):
+    for name in ("settings", "seeds", "steps", "budget"):
         if name in changes and changes[name] < 1:
             raise app.UsageError(f"--{name} must be at least 1, got {changes[name]}")
     if changes:

@@ -141,7 +141,7 @@ def point(preset: Preset, task: str, cell: str, setting: Mapping, seed: int,
         hidden = hparams.hidden_for_budget(cell, int(setting["num_layers"]), _vocab_size(task, data_paths),
                                            preset.budget)
     except ValueError as e:
-        raise ValueError(f"task {task}: {e}; raise the preset's parameter budget") from None
+        raise ValueError(f"task {task}: {e}; raise the parameter budget (--budget)") from None
     arg = [f"task={task}", f"hidden={hidden}", f"layers={setting['num_layers']}",
            f"init={_fmt(float(setting['init_scale']))}", f"lr={_fmt(float(setting['learning_rate']))}",
            f"max_norm={_fmt(float(setting['max_norm']))}", f"optimizer={preset.optimizer}",
