@@ -52,7 +52,8 @@ SELECT_BY = ("valid_loss", "valid_accuracy")
 # `_schedule_fields`).
 RESUMABLE_CHANGES = ("data.path", "data.dir", "data.tfds_data_dir", "train.num_steps",
                      "train.num_epochs", "train.log_every", "train.eval_every",
-                     "train.checkpoint_every", "train.max_to_keep", "train.sample_length")
+                     "train.checkpoint_every", "train.max_to_keep", "train.sample_length",
+                     "train.data_parallel")  # placement: a run may resume on another number of devices
 
 
 def _schedule_fields(config) -> tuple:
@@ -104,6 +105,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         except ValueError as e:
             raise ValueError(f"config.data.{d.kind}: {e}") from None
     cfg.check_choice("train.select_by", t.get("select_by", "valid_loss"), SELECT_BY)
+    cfg.check_choice("train.data_parallel", t.get("data_parallel", False), (False, True))
+    check_data_parallel(config)
     if t.get("select_by", "valid_loss") == "valid_accuracy" and d.kind not in data_lib.TASKS:
         raise ValueError(f"config.train.select_by = 'valid_accuracy' needs a task with an accuracy "
                          f"(data.kind one of {', '.join(data_lib.TASKS)}), not {d.kind!r}")
@@ -495,6 +498,41 @@ def _tensorboard(workdir: str, purge_step: int | None):
 
 # ----------------------------------------------------------------------------- the run
 
+class Placement:
+    """Where the run's arrays live: the default device, or (``train.data_parallel``) a mesh of all
+    local devices with the batch axis split across them and the parameters replicated. The jitted
+    steps are unchanged: XLA partitions them from the shardings of their inputs, and the gradient's
+    sum over the batch becomes an all-reduce."""
+
+    def __init__(self, data_parallel: bool):
+        self.mesh = (jax.sharding.Mesh(np.array(jax.local_devices()), ("batch",)) if data_parallel else None)
+
+    def replicate(self, tree):
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+
+    def split_batch(self, tree, axis: int = 0):
+        """Split ``axis`` (the batch) of every array in ``tree`` across the devices."""
+        if self.mesh is None:
+            return tree
+        spec = jax.sharding.PartitionSpec(*([None] * axis + ["batch"]))
+        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, spec))
+
+
+def check_data_parallel(config) -> None:
+    """With ``train.data_parallel``, every batch size must split evenly over the local devices."""
+    t = config.train
+    if not t.get("data_parallel", False):
+        return
+    n = jax.local_device_count()
+    for name in ("batch_size", "eval_batch_size", "test_batch_size"):
+        size = t[name] or (t.eval_batch_size if name == "test_batch_size" else 0)
+        if size % n:
+            raise ValueError(f"config.train.{name} = {size} does not split over the {n} local devices "
+                             f"of train.data_parallel=True: use a multiple of {n}")
+
+
 def _abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), tree)
 
@@ -583,6 +621,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
               if isinstance(r.get("loss"), (int, float))]
     if os.path.exists(result_path):
         os.remove(result_path)  # the run is live again; a new result is written when it ends
+    place = Placement(bool(t.get("data_parallel", False)))
+    params = place.replicate(params)
+    state = {**state, "opt_state": place.replicate(state["opt_state"]),
+             "carry": place.split_batch(state["carry"]), "sched": state["sched"]}
 
     streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
     train_weights = (data_lib.stream_weights(loss_mask["train"], t.batch_size) if loss_mask else None)
@@ -594,7 +636,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
             eval_pos[split] = data_lib.eval_positions(len(tokens), size, t.seq_len)
             if loss_mask:
                 w = w * loss_mask[split][np.maximum(eval_pos[split], 0)]
-        eval_data[split] = tuple(map(jnp.asarray, (x, y, w)))  # on device once
+        eval_data[split] = place.split_batch(tuple(map(jnp.asarray, (x, y, w))), axis=1)  # on device once
     metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     samples_file = open(os.path.join(workdir, "samples.txt"), "a", encoding="utf-8")
     tb = _tensorboard(workdir, purge_step=start + 1)
@@ -678,7 +720,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         while step < num_steps:
             if t.bptt == "truncated":
                 inputs, targets, new_epoch = data_lib.tbptt_batch(streams, step, t.seq_len)
-                carry = model.zero_carry(t.batch_size) if new_epoch else state["carry"]
+                carry = place.split_batch(model.zero_carry(t.batch_size)) if new_epoch else state["carry"]
                 weights = None
                 if train_weights is not None:
                     per_epoch = streams.length // t.seq_len
@@ -689,9 +731,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
                                               mask=loss_mask.get("train"))
                 inputs, targets = batch[:2]
                 weights = batch[2] if len(batch) == 3 else None
-                carry = model.zero_carry(t.batch_size)
+                carry = place.split_batch(model.zero_carry(t.batch_size))
             # no dropout, no key: saves a host dispatch per step (the arithmetic is the same)
             dropout_key = jax.random.fold_in(dropout_base, step) if model.dropout > 0 else None
+            inputs, targets, weights = place.split_batch((inputs, targets, weights))
             params, opt_state, carry, metrics = train_step(
                 params, state["opt_state"], carry, inputs, targets, dropout_key, weights)
             step += 1

@@ -21,7 +21,8 @@ def lm_config() -> ml_collections.ConfigDict:
         loss_reduction="mean",  # "sum_time": summed over time, averaged over the batch (Zaremba)
         eval_batch_size=64, test_batch_size=0,  # 0: same as eval_batch_size
         log_every=20, eval_every=200, checkpoint_every=200, max_to_keep=2,
-        sample_length=200, sample_temperature=0.8))
+        sample_length=200, sample_temperature=0.8,
+        data_parallel=False))  # True: the batch split over all local devices, parameters replicated
     c.optim = ml_collections.ConfigDict(dict(
         name="adam", learning_rate=2e-3, momentum=0.9, b1=0.9, b2=0.999, eps=1e-8, rmsprop_decay=0.9,
         weight_decay=0.0, max_norm=5.0,
