@@ -3,6 +3,7 @@ r"""Run a config file's sweep (``sweep(add)``) on this machine, or show where it
     python -m experiments.sweep run --config=experiments/configs/char_lm.py \
         --arg=steps=500 --config_override=data.path=../shared/data/tinyshakespeare.txt --sweep_dir=runs/sweep1
     python -m experiments.sweep status --sweep_dir=runs/sweep1
+    python -m experiments.sweep run --launcher=slurm --slurm_array_parallelism=8 ...   # a job array
 
 Each point trains in ``<sweep_dir>/runs/<name>`` (the name is a hash of the point's overrides);
 ``--workers`` points run at once (default: the number of cores). Running again skips completed and
@@ -22,6 +23,13 @@ _ARG = flags.DEFINE_string("arg", None, "The config's arg string for every point
 _OVERRIDES = flags.DEFINE_multi_string("config_override", [], "field=value set on every point (JSON values).")
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Sweep directory.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Parallel runs (default: the number of cores).")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "Where the points run.")
+_PARTITION = flags.DEFINE_string("slurm_partition", "", "SLURM partition (default: the cluster's).")
+_TIME = flags.DEFINE_integer("slurm_time_min", 60, "Time limit per task (minutes); at the limit a task is requeued.")
+_CPUS = flags.DEFINE_integer("slurm_cpus_per_task", 2, "CPUs per task.")
+_GPUS = flags.DEFINE_integer("slurm_gpus_per_task", 0, "GPUs per task.")
+_MEM = flags.DEFINE_float("slurm_mem_gb", 0.0, "Memory per task in GB (0: the partition's default).")
+_PARALLEL = flags.DEFINE_integer("slurm_array_parallelism", 16, "Array tasks running at once.")
 flags.mark_flag_as_required("sweep_dir")
 
 
@@ -55,6 +63,19 @@ def main(argv):
         points = [{**p, **common} for p in sweep.sweep_points(_CONFIG.value)]
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
+    if _LAUNCHER.value == "slurm":
+        from rnn_jax.sweep import slurm
+        resources = slurm.SlurmResources(partition=_PARTITION.value, time_min=_TIME.value,
+                                         cpus_per_task=_CPUS.value, gpus_per_task=_GPUS.value,
+                                         mem_gb=_MEM.value, array_parallelism=_PARALLEL.value)
+        try:
+            ids = slurm.launch_slurm(_SWEEP_DIR.value, _CONFIG.value, points, base_arg=_ARG.value,
+                                     resources=resources)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
+        print(f"{len(ids)} task(s) submitted; follow with: python -m experiments.sweep status "
+              f"--sweep_dir={_SWEEP_DIR.value}")
+        return
     statuses = sweep.launch_local(_SWEEP_DIR.value, _CONFIG.value, points, base_arg=_ARG.value,
                                   workers=_WORKERS.value)
     counts = collections.Counter(statuses.values())
