@@ -10,8 +10,8 @@ Comparison tables in the style of Jozefowicz, Zaremba & Sutskever (ICML 2015), T
 Protocol of :func:`comparison`, per (cell, task): runs are grouped by *setting* (the config
 without the seed and without fields that only change logging, checkpointing or data paths); the
 search score of a setting is the validation metric (:data:`TASK_METRICS`) of its lowest-seed
-completed run, and the best setting is the one with the best score (ties: the lower setting
-hash). ``best`` is the test metric of that lowest-seed run; ``mean`` and ``std`` are over all
+completed run, and the best setting is the one with the best score (ties: the one with more
+completed seeds, then the lower setting hash). ``best`` is the test metric of that lowest-seed run; ``mean`` and ``std`` are over all
 completed seeds of the best setting, ``std`` being the population standard deviation (``ddof=0``,
 so 0 with one seed). Diverged and failed runs count as tried but are never best; runs without a
 ``result.json`` are pending (still running) and are left out of the tables.
@@ -324,8 +324,11 @@ def comparison(runs: Iterable[Run]) -> dict:
             score = _num(first.result.get(m.valid))
             if not _finite(score):
                 continue
-            if best_score is None or _better(score, best_score, m.valid_higher_is_better):
-                best_setting, best_score = setting, score  # ties keep the lower hash (sorted)
+            tie_wins = (best_score is not None and score == best_score
+                        and len(by_setting[setting]) > len(by_setting[best_setting]))
+            if best_score is None or _better(score, best_score, m.valid_higher_is_better) or tie_wins:
+                # ties: the setting with more seeds (the one a comparison reran), then the lower hash
+                best_setting, best_score = setting, score
         entry = dict(cell=cell, task=task, metric=m.test, higher_is_better=m.higher_is_better,
                      second_metric=m.second, select_metric=m.valid,
                      select_higher_is_better=m.valid_higher_is_better, best=None, mean=None, std=None,
