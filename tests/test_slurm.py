@@ -68,7 +68,7 @@ def test_array_sweep_equals_local_and_relaunch_submits_nothing(tmp_path):
 
 
 def test_a_preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path):
-    long = compare.dataclasses.replace(MICRO, steps=300, eval_every=20, settings=1)
+    long = compare.dataclasses.replace(MICRO, steps=150, eval_every=20, settings=1)
     point = compare.search_points(long, ["lstm"], ["memorization"])[0]
     remote = str(tmp_path / "slurm")
     [job_id] = slurm.launch_slurm(remote, CONFIG, [point], resources=RESOURCES, log=lambda m: None)
