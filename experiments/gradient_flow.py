@@ -20,7 +20,6 @@ See ``docs/gradient_flow.md`` for the measured results.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -34,6 +33,7 @@ import numpy as np
 
 from rnn_jax import cells as cells_lib
 from rnn_jax import gradflow
+from rnn_jax.train import write_json_atomic
 
 DEFAULT_CELLS = ("rnn", "lstm", "lstm_f", "gru", "mut1", "mut2", "mut3")
 SIGMAS = (0.5, 0.8, 1.0, 1.2, 1.5, 2.0)
@@ -83,25 +83,6 @@ def _run_summary(curves: gradflow.TrainCurves, clip_norm: float | None) -> dict:
     if clip_norm is not None:
         out["fraction_steps_clipped"] = float(np.mean(~(norms <= clip_norm)))
     return out
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Strict JSON (non-finite floats as "nan"/"inf"), written to a temporary file then renamed."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_json_safe(obj), f, indent=1, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -723,9 +723,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
                 carry = place.split_batch(model.zero_carry(t.batch_size)) if new_epoch else state["carry"]
                 weights = None
                 if train_weights is not None:
-                    per_epoch = streams.length // t.seq_len
-                    i = step % per_epoch
-                    weights = train_weights[:, i * t.seq_len:(i + 1) * t.seq_len]
+                    weights = data_lib.batches.tbptt_chunk(train_weights, step, t.seq_len)
             else:
                 batch = data_lib.window_batch(corpus.train, config.seed, step, t.batch_size, t.seq_len,
                                               mask=loss_mask.get("train"))

@@ -62,10 +62,14 @@ def tbptt_batch(streams: Streams, step: int, seq_len: int):
     ``starts_epoch`` is true for the first chunk of an epoch; the caller resets the carried state
     there (the streams start over).
     """
-    per_epoch = streams.length // seq_len
-    i = step % per_epoch
-    cut = slice(i * seq_len, (i + 1) * seq_len)
-    return streams.inputs_BxS[:, cut], streams.targets_BxS[:, cut], i == 0
+    return (tbptt_chunk(streams.inputs_BxS, step, seq_len), tbptt_chunk(streams.targets_BxS, step, seq_len),
+            step % (streams.length // seq_len) == 0)
+
+
+def tbptt_chunk(array_BxS: np.ndarray, step: int, seq_len: int) -> np.ndarray:
+    """Chunk ``step mod steps_per_epoch`` of any array laid out like the streams (e.g. loss weights)."""
+    i = step % (array_BxS.shape[1] // seq_len)
+    return array_BxS[:, i * seq_len:(i + 1) * seq_len]
 
 
 def window_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_len: int,
