@@ -34,6 +34,10 @@ class RunCheckpoints:
     def latest_step(self, which: str = "latest") -> int | None:
         return self._manager(which).latest_step()
 
+    def steps(self, which: str = "latest") -> list:
+        """The steps kept for ``which``, oldest first."""
+        return sorted(self._manager(which).all_steps())
+
     def _manager(self, which: str):
         if which not in self._managers:
             raise ValueError(f"checkpoint kind must be 'latest' or 'best', got {which!r}")

@@ -53,7 +53,8 @@ SELECT_BY = ("valid_loss", "valid_accuracy")
 RESUMABLE_CHANGES = ("data.path", "data.dir", "data.tfds_data_dir", "train.num_steps",
                      "train.num_epochs", "train.log_every", "train.eval_every",
                      "train.checkpoint_every", "train.max_to_keep", "train.sample_length",
-                     "train.data_parallel")  # placement: a run may resume on another number of devices
+                     "train.data_parallel",  # placement: a run may resume on another number of devices
+                     "trials_per_program")  # a trial's checkpoint is a plain run's (rnn_jax.trials)
 
 
 def _schedule_fields(config) -> tuple:
@@ -75,6 +76,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     except ValueError as e:
         raise ValueError(f"config.cell = {config.cell!r}: {e}") from None
     cfg.check_int("seed", config.seed, minimum=0)
+    cfg.check_int("trials_per_program", config.get("trials_per_program", 1))
     m, t, o, d = config.model, config.train, config.optim, config.data
     for name in ("embed_size", "hidden_size", "num_layers"):
         cfg.check_int(f"model.{name}", m[name])
@@ -180,9 +182,14 @@ def check_data_fits(config, corpus: data_lib.Corpus) -> None:
 
 # ----------------------------------------------------------------------------- optimizer
 
-def make_schedule(optim, steps_per_epoch: int = 1, num_steps: int = 1):
-    """The learning-rate schedule ``step -> lr`` (``plateau`` is constant here; the loop halves it)."""
-    lr, s = float(optim.learning_rate), optim.schedule
+def make_schedule(optim, steps_per_epoch: int = 1, num_steps: int = 1, learning_rate=None):
+    """The learning-rate schedule ``step -> lr`` (``plateau`` is constant here; the loop halves it).
+
+    ``learning_rate`` (default ``optim.learning_rate``) may be a traced scalar: vmapped trials
+    build one optimizer per trial inside the jitted program.
+    """
+    lr = float(optim.learning_rate) if learning_rate is None else learning_rate
+    s = optim.schedule
     if s.name in ("constant", "plateau"):
         return lr
     if s.name == "zaremba":
@@ -205,8 +212,12 @@ def make_schedule(optim, steps_per_epoch: int = 1, num_steps: int = 1):
     raise ValueError(f"config.optim.schedule.name = {s.name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-def make_optimizer(config, steps_per_epoch: int = 1, num_steps: int = 1) -> optax.GradientTransformation:
+def make_optimizer(config, steps_per_epoch: int = 1, num_steps: int = 1, *, learning_rate=None,
+                   max_norm=None) -> optax.GradientTransformation:
     """``clip_by_global_norm(max_norm)`` -> [weight decay] -> optimizer with the schedule.
+
+    ``learning_rate`` and ``max_norm`` default to the config's; they may be traced scalars (one
+    optimizer per vmapped trial, see :mod:`rnn_jax.trials`).
 
     Weight decay is coupled L2 (``optax.add_decayed_weights`` adds ``weight_decay · params`` to the
     clipped gradient before the optimizer), on every parameter, embeddings and biases included.
@@ -226,14 +237,15 @@ def make_optimizer(config, steps_per_epoch: int = 1, num_steps: int = 1) -> opta
             "rmsprop": lambda: optax.rmsprop(learning_rate, decay=o.rmsprop_decay, eps=o.eps),
             "adagrad": lambda: optax.adagrad(learning_rate, eps=o.eps),
         }[o.name]()
-        parts = [optax.clip_by_global_norm(o.max_norm)]
+        parts = [optax.clip_by_global_norm(o.max_norm if max_norm is None else max_norm)]
         if o.weight_decay:
             parts.append(optax.add_decayed_weights(o.weight_decay))
         # One flat vector for all parameters: a few large fused kernels instead of several per
         # parameter array, which cuts the XLA compile time of a training step by about 1 s.
         return optax.flatten(optax.chain(*parts, base))
 
-    return optax.inject_hyperparams(chain)(learning_rate=make_schedule(o, steps_per_epoch, num_steps))
+    return optax.inject_hyperparams(chain)(
+        learning_rate=make_schedule(o, steps_per_epoch, num_steps, learning_rate))
 
 
 def plateau_update(best: float, bad_evals: int, halvings: int, valid: float, patience: int,
@@ -286,6 +298,19 @@ def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float,
     logged ``loss`` is always the mean per token. ``finite`` says whether the loss, the gradient
     norm and the new parameters are all finite.
     """
+    step = train_step_fn(model, loss_reduction)
+
+    @jax.jit
+    def train_step(params, opt_state, carry, inputs, targets, key, weights=None):
+        return step(params, opt_state, carry, inputs, targets, key, weights, optimizer, max_norm)
+
+    return train_step
+
+
+def train_step_fn(model: lm_lib.LanguageModel, loss_reduction: str = "mean"):
+    """The step of :func:`make_train_step`, unjitted and with the optimizer and clip norm as the
+    last two arguments: ``(params, opt_state, carry, inputs, targets, key, weights, optimizer,
+    max_norm)``. Vmapped trials (:mod:`rnn_jax.trials`) map it over per-trial hyperparameters."""
     cfg.check_choice("train.loss_reduction", loss_reduction, LOSS_REDUCTIONS)
     nll = _nll_fn(model)
 
@@ -296,8 +321,7 @@ def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float,
         objective = mean * inputs.shape[1] if loss_reduction == "sum_time" else mean
         return objective, (mean, carry)
 
-    @jax.jit
-    def train_step(params, opt_state, carry, inputs, targets, key, weights=None):
+    def step(params, opt_state, carry, inputs, targets, key, weights, optimizer, max_norm):
         carry = jax.lax.stop_gradient(carry)
         (_, (loss, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, carry, inputs, targets, key, weights)
@@ -311,7 +335,7 @@ def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float,
                    "learning_rate": opt_state.hyperparams["learning_rate"], "finite": finite}
         return params, opt_state, carry, metrics
 
-    return train_step
+    return step
 
 
 def make_eval_fn(model: lm_lib.LanguageModel, with_correct: bool = False):
@@ -339,6 +363,57 @@ def make_eval_fn(model: lm_lib.LanguageModel, with_correct: bool = False):
     return evaluate
 
 
+def task_loss_mask(config, corpus) -> dict:
+    """``{split: 0/1 mask}`` of a task's scored positions, which weight the loss (unless
+    ``data.loss_on = "all"``); empty for other data."""
+    if isinstance(corpus, data_lib.TaskCorpus) and config.data.get("loss_on", "scored") == "scored":
+        return {split: corpus.mask(split, "scored") for split in ("train", "valid", "test")}
+    return {}
+
+
+class Evaluator:
+    """``evaluator(params, split)``: ``{"loss": ...}`` on the whole valid or test split, plus a
+    task's accuracies. With ``trials=True`` the parameters have a leading trial axis (vmapped
+    trials) and a list of such dicts comes back, one per trial."""
+
+    def __init__(self, model, config, corpus, loss_mask: dict, place: "Placement | None" = None,
+                 trials: bool = False):
+        t = config.train
+        self.corpus, self.trials = corpus, trials
+        self.is_task = isinstance(corpus, data_lib.TaskCorpus)
+        evaluate = make_eval_fn(model, with_correct=self.is_task)
+        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None))) if trials else evaluate
+        self.data, self.positions = {}, {}
+        for split, size in (("valid", t.eval_batch_size), ("test", t.test_batch_size or t.eval_batch_size)):
+            tokens = corpus.split(split)
+            x, y, w = data_lib.eval_chunks(tokens, size, t.seq_len)
+            if self.is_task:
+                self.positions[split] = data_lib.eval_positions(len(tokens), size, t.seq_len)
+                if loss_mask:
+                    w = w * loss_mask[split][np.maximum(self.positions[split], 0)]
+            data = tuple(map(jnp.asarray, (x, y, w)))  # on the device once
+            self.data[split] = place.split_batch(data, axis=1) if place is not None else data
+
+    def __call__(self, params, split: str):
+        out = self._evaluate(params, *self.data[split])
+        if not self.trials:
+            return self._metrics(out, split)
+        out = jax.device_get(out)
+        return [self._metrics([a[i] for a in out], split) for i in range(len(out[0]))]
+
+    def _metrics(self, out, split: str) -> dict:
+        if not self.is_task:
+            total, count = out
+            return {"loss": float(total) / float(count)}
+        total, count, correct = out
+        pos = self.positions[split]
+        keep = pos >= 0
+        metrics = {"loss": float(total) / max(float(count), 1.0)}
+        metrics.update(data_lib.tasks.accuracies(self.corpus.task, np.asarray(correct)[keep], pos[keep],
+                                                 self.corpus.marks[split]))
+        return metrics
+
+
 # ----------------------------------------------------------------------------- run files
 
 def _json_safe(obj):
@@ -359,6 +434,15 @@ def write_json_atomic(path: str, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def read_json_or_none(path: str):
+    """The JSON in ``path``, or ``None`` when it is missing or unreadable (a torn write)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def read_metrics(workdir: str) -> list:
@@ -553,13 +637,69 @@ def _restore_latest(checkpoints: RunCheckpoints, params, state):
         return p, st, meta
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=None) -> dict:
-    """Train (or resume) the run in ``workdir``; returns the contents of ``result.json``."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    validate_config(config)
-    corpus = load_data(config.data)
-    check_data_fits(config, corpus)
-    t = config.train
+def step_record(step: int, m) -> dict:
+    """The ``metrics.jsonl`` record of a training step's metrics (host values)."""
+    return {"step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
+            "clipped": bool(m["clipped"]), "learning_rate": float(f"{float(m['learning_rate']):.7g}")}
+
+
+def eval_record(step: int, valid_metrics: dict, word_level: bool, times: dict) -> dict:
+    """The ``metrics.jsonl`` record of an evaluation."""
+    valid = valid_metrics["loss"]
+    record = {"step": step, "valid_loss": valid,
+              **{f"valid_{k}": v for k, v in valid_metrics.items() if k != "loss"}, **times}
+    if word_level:
+        record["valid_perplexity"] = math.exp(min(valid, 700.0))
+    return record
+
+
+def run_result(status: str, step: int, num_steps: int, steps_per_epoch: int, num_params: int,
+               last_good_loss, best: dict, times: dict, vocab, select_by: str, corpus,
+               final_valid: dict | None = None, final_test: dict | None = None,
+               best_test: dict | None = None) -> dict:
+    """The contents of ``result.json``: ``final_*`` metrics at the last step and ``test_*`` at the
+    best checkpoint (``best``: its step, validation loss and other validation metrics)."""
+    result = {"status": status, "step": step, "num_steps": num_steps,
+              "steps_per_epoch": steps_per_epoch, "num_params": num_params,
+              "final_train_loss": last_good_loss, "best_step": best["step"],
+              "best_valid_loss": best["valid_loss"], **times,
+              "level": vocab.level if vocab is not None else "frame",
+              "select_by": select_by}
+    if isinstance(corpus, data_lib.TaskCorpus):
+        result["task"] = corpus.task
+        for k, v in (best.get("metrics") or {}).items():
+            result[f"best_valid_{k}"] = v
+    if final_valid is not None:
+        result["final_valid_loss"], result["final_test_loss"] = final_valid["loss"], final_test["loss"]
+        for k in final_test:
+            if k != "loss":
+                result[f"final_valid_{k}"], result[f"final_test_{k}"] = final_valid[k], final_test[k]
+    for k, v in (best_test or {}).items():  # the test metrics of the best checkpoint
+        result[f"test_{k}"] = v
+    if vocab is not None and vocab.level == "word":
+        for k in ("final_valid_loss", "final_test_loss", "best_valid_loss", "test_loss"):
+            if result.get(k) is not None:
+                result[k.replace("loss", "perplexity")] = math.exp(min(result[k], 700.0))
+    return result
+
+
+def append_sample(f, model, params, corpus, train_config, sample_base, step: int, valid_loss: float) -> None:
+    """Append a sample (``train.sample_length`` tokens after the first validation token) to the
+    open ``samples.txt`` ``f``; nothing for piano rolls or when ``sample_length`` is 0."""
+    if not train_config.sample_length or getattr(corpus, "vocab", None) is None:
+        return
+    prime = corpus.valid[:1]
+    tokens = sampling.sample(model, params, jnp.asarray(prime), jax.random.fold_in(sample_base, step),
+                             length=train_config.sample_length,
+                             temperature=float(train_config.sample_temperature))
+    text = corpus.vocab.decode(np.concatenate([prime, np.asarray(tokens[0])]))
+    f.write(f"{SAMPLE_HEADER}{step} (valid loss {valid_loss:.4f}) ===\n{text}\n\n")
+    f.flush()
+
+
+def prepare_run_dir(config, corpus, workdir: str):
+    """Check a resumed run's config and data against ``workdir``'s, then write ``config.json``,
+    ``vocab.json`` and ``corpus.json``; returns the vocabulary (``None`` for piano rolls)."""
     config_json = _check_config_file(config, workdir)
     vocab_path = os.path.join(workdir, "vocab.json")
     fingerprint_path = os.path.join(workdir, "corpus.json")
@@ -580,6 +720,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     if not os.path.exists(vocab_path) and vocab is not None:
         vocab.save(vocab_path)
     write_json_atomic(fingerprint_path, fingerprint)
+    return vocab
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=None) -> dict:
+    """Train (or resume) the run in ``workdir``; returns the contents of ``result.json``."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    validate_config(config)
+    corpus = load_data(config.data)
+    check_data_fits(config, corpus)
+    t = config.train
+    vocab = prepare_run_dir(config, corpus, workdir)
 
     # one pass over the training tokens (the same count for streams and for random windows)
     steps_per_epoch = data_lib.tbptt_steps_per_epoch(len(corpus.train), t.batch_size, t.seq_len)
@@ -589,14 +740,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     model = make_model(config, len(vocab) if vocab is not None else corpus.num_pitches)
     optimizer = make_optimizer(config, steps_per_epoch, num_steps)
     train_step = make_train_step(model, optimizer, config.optim.max_norm, t.loss_reduction)
-    is_task = isinstance(corpus, data_lib.TaskCorpus)
-    evaluate = make_eval_fn(model, with_correct=is_task)
     word_level = vocab is not None and vocab.level == "word"
     select_by = t.get("select_by", "valid_loss")
-    # a task's scored positions weight the loss (unless data.loss_on = "all")
-    loss_mask = {}
-    if is_task and config.data.get("loss_on", "scored") == "scored":
-        loss_mask = {split: corpus.mask(split, "scored") for split in ("train", "valid", "test")}
+    loss_mask = task_loss_mask(config, corpus)
 
     key = jax.random.PRNGKey(config.seed)
     init_key, dropout_base, sample_base = jax.random.split(key, 3)
@@ -628,15 +774,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
 
     streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
     train_weights = (data_lib.stream_weights(loss_mask["train"], t.batch_size) if loss_mask else None)
-    eval_data, eval_pos = {}, {}
-    for split, size in (("valid", t.eval_batch_size), ("test", t.test_batch_size or t.eval_batch_size)):
-        tokens = corpus.split(split)
-        x, y, w = data_lib.eval_chunks(tokens, size, t.seq_len)
-        if is_task:
-            eval_pos[split] = data_lib.eval_positions(len(tokens), size, t.seq_len)
-            if loss_mask:
-                w = w * loss_mask[split][np.maximum(eval_pos[split], 0)]
-        eval_data[split] = place.split_batch(tuple(map(jnp.asarray, (x, y, w))), axis=1)  # on device once
+    eval_metrics = Evaluator(model, config, corpus, loss_mask, place)
     metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     samples_file = open(os.path.join(workdir, "samples.txt"), "a", encoding="utf-8")
     tb = _tensorboard(workdir, purge_step=start + 1)
@@ -652,22 +790,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         best = {"step": checkpoints.latest_step("best"), "valid_loss": best_meta.get("valid_loss"),
                 "metrics": best_meta.get("metrics", {})}
 
-    def eval_metrics(p, split) -> dict:
-        """``{"loss": ...}`` plus, for a task, its accuracies."""
-        if not is_task:
-            total, count = evaluate(p, *eval_data[split])
-            return {"loss": float(total) / float(count)}
-        total, count, correct = evaluate(p, *eval_data[split])
-        pos = eval_pos[split]
-        keep = pos >= 0
-        out = {"loss": float(total) / max(float(count), 1.0)}
-        out.update(data_lib.tasks.accuracies(corpus.task, np.asarray(correct)[keep], pos[keep],
-                                             corpus.marks[split]))
-        return out
-
-    def eval_loss(p, split):
-        return eval_metrics(p, split)["loss"]
-
     def flush() -> bool:
         """Write pending step records; False when a loss is not finite."""
         nonlocal last_good_loss
@@ -676,10 +798,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         values = jax.device_get([m for _, m in pending])
         ok = True
         for (step, _), m in zip(pending, values):
-            record = {"step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
-                      "clipped": bool(m["clipped"]), "learning_rate": float(f"{float(m['learning_rate']):.7g}")}
+            record = step_record(step, m)
             if not bool(m["finite"]):
                 ok = False
+                state["step"] = jnp.asarray(step, jnp.int32)  # the result names the step that diverged
                 metrics_file.write(json.dumps(_json_safe(record)) + "\n")
                 break
             last_good_loss = record["loss"]
@@ -692,14 +814,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         return ok
 
     def write_sample(step: int, valid_loss: float, p) -> None:
-        if not t.sample_length or vocab is None:
-            return
-        prime = corpus.valid[:1]
-        tokens = sampling.sample(model, p, jnp.asarray(prime), jax.random.fold_in(sample_base, step),
-                                 length=t.sample_length, temperature=float(t.sample_temperature))
-        text = corpus.vocab.decode(np.concatenate([prime, np.asarray(tokens[0])]))
-        samples_file.write(f"{SAMPLE_HEADER}{step} (valid loss {valid_loss:.4f}) ===\n{text}\n\n")
-        samples_file.flush()
+        append_sample(samples_file, model, p, corpus, t, sample_base, step, valid_loss)
 
     def times() -> dict:
         """Cumulative seconds over all sessions of this run: wall clock, and training only."""
@@ -757,10 +872,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
                 valid_metrics = eval_metrics(params, "valid")
                 valid = valid_metrics["loss"]
                 last_valid = (step, valid, valid_metrics)
-                record = {"step": step, "valid_loss": valid,
-                          **{f"valid_{k}": v for k, v in valid_metrics.items() if k != "loss"}, **times()}
-                if word_level:
-                    record["valid_perplexity"] = math.exp(min(valid, 700.0))
+                record = eval_record(step, valid_metrics, word_level, times())
                 sched = state["sched"]
                 score = -valid_metrics["accuracy"] if select_by == "valid_accuracy" else valid
                 improved = bool(score < float(sched["best_select"]))
@@ -812,37 +924,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         checkpoints.close()
         raise
 
-    result = {"status": status, "step": int(state["step"]), "num_steps": num_steps,
-              "steps_per_epoch": steps_per_epoch, "num_params": lm_lib.num_params(params),
-              "final_train_loss": last_good_loss, "best_step": best["step"],
-              "best_valid_loss": best["valid_loss"], **times(),
-              "level": vocab.level if vocab is not None else "frame",
-              "select_by": select_by}
-    if is_task:
-        result["task"] = corpus.task
-        for k, v in (best.get("metrics") or {}).items():
-            result[f"best_valid_{k}"] = v
+    final_valid = final_test = test = None
     if status == "completed":
         final_step = int(state["step"])
         final_valid = (last_valid[2] if last_valid[0] == final_step else eval_metrics(params, "valid"))
         final_test = eval_metrics(params, "test")
-        result["final_valid_loss"], result["final_test_loss"] = final_valid["loss"], final_test["loss"]
-        for k in final_test:
-            if k != "loss":
-                result[f"final_valid_{k}"], result[f"final_test_{k}"] = final_valid[k], final_test[k]
-        test = None
         if best["step"] == final_step:
             test = final_test
         elif best["step"] is not None:
-            best_params = checkpoints.restore("best", _abstract(params))[0]
-            test = eval_metrics(best_params, "test")
-        if test is not None:  # the test metrics of the best checkpoint
-            for k, v in test.items():
-                result[f"test_{k}"] = v
-        if word_level:
-            for k in ("final_valid_loss", "final_test_loss", "best_valid_loss", "test_loss"):
-                if result.get(k) is not None:
-                    result[k.replace("loss", "perplexity")] = math.exp(min(result[k], 700.0))
+            test = eval_metrics(checkpoints.restore("best", _abstract(params))[0], "test")
+    result = run_result(status, int(state["step"]), num_steps, steps_per_epoch, lm_lib.num_params(params),
+                        last_good_loss, best, times(), vocab, select_by, corpus,
+                        final_valid, final_test, test)
     metrics_file.close()
     samples_file.close()
     if tb is not None:
