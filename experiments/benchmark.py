@@ -3,6 +3,7 @@ r"""Training-step benchmark: rnn_jax layers against Flax and (when installed) Py
     python experiments/benchmark.py                      # lstm, gru (both forms), configs c1 c2 c3
     python experiments/benchmark.py --cells=lstm,gru,mut1 --configs=c1 --impls=fused,autodiff
     python experiments/benchmark.py --configs=8x20x32    # any BxTxH
+    python experiments/benchmark.py --what=trials        # 8 vmapped trials vs 8 runs in a row
 
 A training step is forward + backward to the parameters and the inputs + an SGD update, float32,
 input size = hidden size, loss = mean of the outputs times a fixed random tensor. All
@@ -10,6 +11,12 @@ implementations are timed interleaved in rounds (each round times every implemen
 ``--steps`` steps), so machine noise hits them alike; the table shows the median over rounds.
 GFLOP/s counts the matmuls only: forward = 2·B·T·Σ(in·out) over the cell's matrices
 (LSTM: 2·B·T·(I+H)·4H), a training step = 3× forward.
+
+``--what=trials`` times whole runs instead: ``--trials`` settings of a small task model (seeds
+and learning rates differ), trained ``--trial_steps`` steps each with evaluation and checkpoints,
+once one run after another (``train_and_evaluate``; each run compiles its own program, as a sweep
+point in a fresh worker does) and once as vmapped trials of one program (``train_trials``). The
+wall-clock ratio is the speedup of ``trials_per_program``.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from typing import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 
 import jax
 import jax.numpy as jnp
@@ -228,6 +237,58 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
+TRIAL_ARG = ("task=xml,hidden=64,batch=20,seq_len=35,optimizer=adam,lr=0.003,init_style=lecun,"
+             "train_chars=200000,eval_chars=5000,eval_every=250")
+
+
+def trials_benchmark(k: int, steps: int, arg: str, rounds: int = 1, progress=print) -> dict:
+    """Wall seconds of ``k`` runs of the tasks config ``arg`` one after another and as ``k``
+    vmapped trials (seeds 0..k-1, learning rates spread over ×0.5..×2 of the config's)."""
+    from rnn_jax import train, trials
+    from rnn_jax.sweep import points
+
+    module = points.load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                    "configs", "tasks.py"))
+    configs = []
+    for i, scale in enumerate(np.geomspace(0.5, 2.0, k)):
+        c = module.get_config(arg)
+        c.seed, c.train.num_steps = i, steps
+        c.optim.learning_rate = float(c.optim.learning_rate * scale)
+        configs.append(c)
+    quiet = lambda msg: None
+    times = {"sequential": [], "vmapped": []}
+    root = tempfile.mkdtemp(prefix="rnn_jax_trials_")
+    try:
+        for r in range(rounds):
+            start = time.perf_counter()
+            for i, c in enumerate(configs):
+                train.train_and_evaluate(c, os.path.join(root, f"r{r}_run{i}"), log=quiet)
+            times["sequential"].append(time.perf_counter() - start)
+            progress(f"round {r + 1}: {k} runs in a row {times['sequential'][-1]:.1f} s")
+            start = time.perf_counter()
+            results = trials.train_trials(configs, [os.path.join(root, f"r{r}_trial{i}") for i in range(k)],
+                                          log=quiet)
+            times["vmapped"].append(time.perf_counter() - start)
+            progress(f"round {r + 1}: {k} vmapped trials {times['vmapped'][-1]:.1f} s")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    seq, vm = statistics.median(times["sequential"]), statistics.median(times["vmapped"])
+    model = configs[0].model
+    return {"trials": k, "steps": steps, "arg": arg, "cell": configs[0].cell,
+            "hidden": model.hidden_size, "layers": model.num_layers,
+            "num_params": results[0]["num_params"], "sequential_s": seq, "vmapped_s": vm,
+            "speedup": seq / vm, "statuses": [r["status"] for r in results]}
+
+
+def format_trials(row: dict) -> str:
+    return "\n".join([
+        "| trials | steps each | model | runs in a row | vmapped trials | speedup |",
+        "|---:|---:|---|---:|---:|---:|",
+        f"| {row['trials']} | {row['steps']} | {row['cell']} {row['layers']}x{row['hidden']} "
+        f"({row['num_params']:,} params) | {row['sequential_s']:.1f} s | {row['vmapped_s']:.1f} s | "
+        f"{row['speedup']:.2f}x |"])
+
+
 def format_table(rows: list[dict]) -> str:
     lines = ["| config | cell | implementation | ms/step | GFLOP/s | compile s | speedup |",
              "|---|---|---|---:|---:|---:|---|"]
@@ -240,6 +301,11 @@ def format_table(rows: list[dict]) -> str:
 
 
 FLAGS = flags.FLAGS
+flags.DEFINE_enum("what", "steps", ["steps", "trials"],
+                  "steps: training steps against the baselines; trials: vmapped trials vs runs in a row.")
+flags.DEFINE_integer("trials", 8, "--what=trials: number of trials.")
+flags.DEFINE_integer("trial_steps", 500, "--what=trials: training steps of each trial.")
+flags.DEFINE_string("trial_arg", TRIAL_ARG, "--what=trials: arg string of experiments/configs/tasks.py.")
 flags.DEFINE_list("cells", ["lstm", "gru", "gru:reset_after=True"],
                   "Cells to time: registered names, with options after a colon (gru:reset_after=True).")
 flags.DEFINE_list("configs", ["c1", "c2", "c3"], f"Shapes: {', '.join(CONFIGS)} or BxTxH.")
@@ -254,6 +320,19 @@ flags.DEFINE_string("json_out", "", "Also write the rows and the environment to 
 
 def main(argv):
     del argv
+    if FLAGS.what == "trials":
+        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
+        if FLAGS.trials < 1 or FLAGS.trial_steps < 1:
+            raise app.UsageError(f"--trials={FLAGS.trials} and --trial_steps={FLAGS.trial_steps} must be >= 1")
+        env = environment()
+        print(json.dumps(env))
+        row = trials_benchmark(FLAGS.trials, FLAGS.trial_steps, FLAGS.trial_arg, FLAGS.rounds,
+                               progress=lambda s: print(s, file=sys.stderr, flush=True))
+        print(format_trials(row))
+        if FLAGS.json_out:
+            with open(FLAGS.json_out, "w") as f:
+                json.dump({"environment": env, "trials": row}, f, indent=1)
+        return
     for spec in FLAGS.cells:
         try:
             parse_cell(spec)  # fails early, listing the valid names and options

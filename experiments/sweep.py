@@ -8,6 +8,8 @@ r"""Run a config file's sweep (``sweep(add)``) on this machine, or show where it
 Each point trains in ``<sweep_dir>/runs/<name>`` (the name is a hash of the point's overrides);
 ``--workers`` points run at once (default: the number of cores). Running again skips completed and
 diverged points and retries failed or interrupted ones (they resume from their checkpoints).
+With ``--config_override=trials_per_program=K``, points that differ only in seed, learning rate,
+clip norm or init scales train K at a time as vmapped trials (``rnn_jax.trials``).
 """
 
 import collections

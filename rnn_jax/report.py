@@ -112,7 +112,8 @@ def plot_runs(workdirs: Sequence[str], out_path: str, labels: Sequence[str] | No
 # Fields that do not change what a run computes. The data paths are kept: runs on different files
 # (JSB vs Nottingham) are different settings.
 NON_EXPERIMENT_FIELDS = ("train.log_every", "train.checkpoint_every", "train.max_to_keep",
-                         "train.sample_length", "data.tfds_data_dir")
+                         "train.sample_length", "data.tfds_data_dir",
+                         "trials_per_program")  # a vmapped trial is the same experiment as a plain run
 
 CANONICAL_CELLS = ("rnn", "lstm", "lstm_f", "lstm_i", "lstm_o", "lstm_b", "gru", "mut1", "mut2", "mut3")
 CANONICAL_TASKS = ("arithmetic", "xml", "memorization", "ptb", "music", "char")

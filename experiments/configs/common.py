@@ -7,6 +7,9 @@ def lm_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.cell = "lstm"  # a registry name, optionally with options: "gru:reset_after=True"
+    # K > 1: a sweep trains points that differ only in seed, learning rate, clip norm or init scales
+    # K at a time, as vmapped trials of one jitted program (rnn_jax.trials)
+    c.trials_per_program = 1
     c.model = ml_collections.ConfigDict(dict(
         embed_size=64, hidden_size=512, num_layers=2, dropout=0.0, variational=False,
         kernel_init="lecun_normal", recurrent_init="orthogonal",  # cell options (a cell spec wins)

@@ -98,29 +98,86 @@ def run_point(config_path: str, base_arg: str | None, overrides: Mapping[str, An
 
     Returns ``{"status": ..., "skipped": bool, ...}``; the training log goes to ``workdir/log.txt``.
     """
-    with _locked(workdir, wait_s=5.0) as got:  # `status` may hold the lock for a moment
-        if not got:
-            return {"status": "running", "skipped": True}
-        result = _read_json(os.path.join(workdir, "result.json"))
-        if result is not None and result.get("status") in DONE:
-            return {**result, "skipped": True}
-        _write_json(os.path.join(workdir, "overrides.json"), dict(overrides))
-        with open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8") as logf:
-            def log(msg):
-                logf.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
-                logf.flush()
-            try:
-                from rnn_jax import train as train_lib  # imported here: workers start light
-                config = points_lib.point_config(config_path, base_arg, overrides)
-                result = train_lib.train_and_evaluate(config, workdir, log=log)
-                return {**result, "skipped": False}
-            except Exception as e:  # the sweep goes on; the point is recorded as failed
-                log(traceback.format_exc())
-                error = f"{type(e).__name__}: {e}"
-                result = _read_json(os.path.join(workdir, "result.json"))
+    return run_program(config_path, base_arg, [overrides], [workdir])[0]
+
+
+def _logger(files):
+    def log(msg):
+        for f in files:
+            f.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+            f.flush()
+    return log
+
+
+def run_program(config_path: str, base_arg: str | None, overrides: Sequence[Mapping[str, Any]],
+                workdirs: Sequence[str]) -> list:
+    """Train points as one program: one point alone, or several as vmapped trials
+    (:mod:`rnn_jax.trials`); never raises. Points that are done, or locked by another process,
+    are skipped. Returns one ``{"status": ..., "skipped": bool, ...}`` per point; each point's
+    log goes to its ``log.txt``.
+    """
+    results: list = [None] * len(workdirs)
+    with contextlib.ExitStack() as stack:
+        live = []
+        for i, workdir in enumerate(workdirs):
+            if not stack.enter_context(_locked(workdir, wait_s=5.0)):  # `status` may hold it a moment
+                results[i] = {"status": "running", "skipped": True}
+                continue
+            result = _read_json(os.path.join(workdir, "result.json"))
+            if result is not None and result.get("status") in DONE:
+                results[i] = {**result, "skipped": True}
+                continue
+            _write_json(os.path.join(workdir, "overrides.json"), dict(overrides[i]))
+            live.append(i)
+        if not live:
+            return results
+        files = [stack.enter_context(open(os.path.join(workdirs[i], "log.txt"), "a", encoding="utf-8"))
+                 for i in live]
+        log = _logger(files)
+        try:
+            from rnn_jax import train as train_lib  # imported here: workers start light
+            configs = [points_lib.point_config(config_path, base_arg, overrides[i]) for i in live]
+            if len(live) == 1:
+                out = [train_lib.train_and_evaluate(configs[0], workdirs[live[0]], log=log)]
+            else:
+                from rnn_jax import trials
+                out = trials.train_trials(configs, [workdirs[i] for i in live], log=log)
+            for i, result in zip(live, out):
+                results[i] = {**result, "skipped": False}
+        except Exception as e:  # the sweep goes on; the points are recorded as failed
+            log(traceback.format_exc())
+            error = f"{type(e).__name__}: {e}"
+            for i in live:
+                path = os.path.join(workdirs[i], "result.json")
+                result = _read_json(path)
                 if result is None or result.get("status") != "failed":
-                    _write_json(os.path.join(workdir, "result.json"), {"status": "failed", "error": error})
-                return {"status": "failed", "error": error, "skipped": False}
+                    _write_json(path, {"status": "failed", "error": error})
+                results[i] = {"status": "failed", "error": error, "skipped": False}
+    return results
+
+
+def programs(config_path: str, base_arg: str | None, points: Mapping[str, Mapping[str, Any]]) -> list:
+    """Group the named ``points`` into programs (lists of names). Points whose config sets
+    ``trials_per_program = K > 1`` and that differ only in :data:`rnn_jax.trials.TRIAL_FIELDS`
+    train K at a time as vmapped trials; every other point is a program of its own."""
+    singles, groups = [], {}
+    for name, overrides in points.items():
+        try:
+            config = points_lib.point_config(config_path, base_arg, overrides)
+            k = config.get("trials_per_program", 1)
+        except Exception:  # a broken point fails in its worker, where the error is recorded
+            k = 1
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"point {name}: config.trials_per_program = {k!r}: must be an integer >= 1")
+        if k == 1:
+            singles.append([name])
+            continue
+        from rnn_jax import trials
+        groups.setdefault((k, trials.program_key(config)), []).append(name)
+    out = singles
+    for (k, _), names in groups.items():
+        out.extend(names[i:i + k] for i in range(0, len(names), k))
+    return out
 
 
 def _worker_env(cache_dir: str | None) -> dict:
@@ -204,41 +261,48 @@ def launch_local(sweep_dir: str, config_path: str, points: Sequence[Mapping[str,
     if not todo:
         return statuses
     cache = os.path.join(sweep_dir, "jax_cache") if compile_cache else None
+    todo = programs(config_path, base_arg, {name: by_name[name] for name in todo})
     started = time.time()
-    finished = 0
-    attempts = {name: 0 for name in todo}
+    finished, total = 0, sum(map(len, todo))
+    attempts = {tuple(program): 0 for program in todo}
     while todo:
         ctx = multiprocessing.get_context("spawn")
         pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
         futures = {}
         # workers start inside submit(): they inherit this environment (the compilation cache)
         with _environ(_worker_env(cache)):
-            for name in todo:
-                attempts[name] += 1
-                futures[pool.submit(run_point, config_path, base_arg, by_name[name], run_dir(sweep_dir, name))] = name
+            for program in todo:
+                attempts[tuple(program)] += 1
+                futures[pool.submit(run_program, config_path, base_arg, [by_name[n] for n in program],
+                                    [run_dir(sweep_dir, n) for n in program])] = program
         retry = []
         for future in concurrent.futures.as_completed(futures):
-            name = futures[future]
+            program = futures[future]
             try:
-                out = future.result()
+                outs = future.result()
             except concurrent.futures.process.BrokenProcessPool:
-                if attempts[name] < 2:
-                    retry.append(name)
+                if attempts[tuple(program)] < 2:
+                    retry.append(program)
                     continue
-                out = {"status": "failed", "error": "the worker process died"}
-                result_path = os.path.join(run_dir(sweep_dir, name), "result.json")
-                if _read_json(result_path) is None:
-                    os.makedirs(os.path.dirname(result_path), exist_ok=True)
-                    _write_json(result_path, out)
-            statuses[name] = out["status"]
-            finished += 1
-            elapsed = time.time() - started
-            summary = ", ".join(f"{k}={out[k]:.4f}" for k in ("best_valid_accuracy", "best_valid_loss")
-                                if isinstance(out.get(k), float))
-            eta = elapsed / finished * (len(todo) - finished - len(retry))
-            log(f"[{finished}/{len(todo)}] {name} ({describe(by_name[name])}): {out['status']}"
-                + (f" {summary}" if summary else "") + (f" ({out.get('error')})" if out.get("error") else "")
-                + f"; {elapsed / 60:.1f} min elapsed, ~{eta / 60:.1f} min left")
+                outs = []
+                for name in program:
+                    out = {"status": "failed", "error": "the worker process died"}
+                    result_path = os.path.join(run_dir(sweep_dir, name), "result.json")
+                    if _read_json(result_path) is None:
+                        os.makedirs(os.path.dirname(result_path), exist_ok=True)
+                        _write_json(result_path, out)
+                    outs.append(out)
+            for name, out in zip(program, outs):
+                statuses[name] = out["status"]
+                finished += 1
+                elapsed = time.time() - started
+                summary = ", ".join(f"{k}={out[k]:.4f}" for k in ("best_valid_accuracy", "best_valid_loss")
+                                    if isinstance(out.get(k), float))
+                eta = elapsed / finished * (total - finished - sum(map(len, retry)))
+                trial = f", vmapped with {len(program) - 1} other(s)" if len(program) > 1 else ""
+                log(f"[{finished}/{total}] {name} ({describe(by_name[name])}{trial}): {out['status']}"
+                    + (f" {summary}" if summary else "") + (f" ({out.get('error')})" if out.get("error") else "")
+                    + f"; {elapsed / 60:.1f} min elapsed, ~{eta / 60:.1f} min left")
         pool.shutdown(wait=True, cancel_futures=True)
         todo = retry
     return statuses

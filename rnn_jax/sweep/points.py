@@ -9,7 +9,8 @@ A config file may declare a sweep beside ``get_config``::
 Each ``add(**overrides)`` is one point: dotted config fields and their values. The reserved key
 ``arg`` replaces the config's arg string (``get_config(arg)``) for that point. A point's name is a
 stable hash of its overrides (canonical JSON), so the same point always maps to the same run
-directory, whichever machine or launcher expands the sweep.
+directory, whichever machine or launcher expands the sweep (``trials_per_program``, which only
+says how points run, is not part of the name).
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ def canonical(overrides: Mapping[str, Any]) -> str:
                          f"lists or dicts ({e})") from None
 
 
+# Overrides that say how a point runs, not what it computes: left out of its name, so a sweep
+# relaunched with vmapped trials (or without) finds the same run directories.
+EXECUTION_KEYS = ("trials_per_program",)
+
+
 def point_name(overrides: Mapping[str, Any]) -> str:
-    """``p-`` and the first 12 hex digits of the SHA-256 of the canonical overrides."""
-    return "p-" + hashlib.sha256(canonical(overrides).encode("utf-8")).hexdigest()[:12]
+    """``p-`` and the first 12 hex digits of the SHA-256 of the canonical overrides
+    (:data:`EXECUTION_KEYS` left out)."""
+    named = {k: v for k, v in overrides.items() if k not in EXECUTION_KEYS}
+    return "p-" + hashlib.sha256(canonical(named).encode("utf-8")).hexdigest()[:12]
 
 
 def expand(sweep_fn: Callable[[Callable[..., None]], None]) -> list:

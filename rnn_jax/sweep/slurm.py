@@ -1,6 +1,7 @@
 """The SLURM launcher: a sweep's points as one job array, through submitit.
 
-Each array task trains one point in the same run directory the local launcher would use
+Each array task trains one point (or, with ``trials_per_program = K``, up to K points as vmapped
+trials) in the same run directory the local launcher would use
 (``<sweep_dir>/runs/<point-name>``), so tables never depend on where a sweep ran. A task that is
 preempted or reaches its time limit is checkpointed by submitit and requeued; the requeued task
 resumes from the run directory's latest checkpoint (runs resume exactly).
@@ -60,14 +61,15 @@ def _queued(workdir: str) -> bool:
 def _checkpointable():
     import submitit
 
-    class PointTask(submitit.helpers.Checkpointable):
-        """One sweep point; on preemption or timeout submitit requeues the same call, which resumes
-        from the run directory."""
+    class ProgramTask(submitit.helpers.Checkpointable):
+        """One sweep point, or several as vmapped trials; on preemption or timeout submitit
+        requeues the same call, which resumes from the run directories."""
 
-        def __call__(self, config_path: str, base_arg, overrides: Mapping[str, Any], workdir: str) -> dict:
-            return local.run_point(config_path, base_arg, overrides, workdir)
+        def __call__(self, config_path: str, base_arg, overrides: Sequence[Mapping[str, Any]],
+                     workdirs: Sequence[str]) -> list:
+            return local.run_program(config_path, base_arg, overrides, workdirs)
 
-    return PointTask
+    return ProgramTask
 
 
 def launch_slurm(sweep_dir: str, config_path: str, points: Sequence[Mapping[str, Any]], *,
@@ -104,13 +106,15 @@ def launch_slurm(sweep_dir: str, config_path: str, points: Sequence[Mapping[str,
     executor.update_parameters(**params)
     for name in todo:
         os.makedirs(local.run_dir(sweep_dir, name), exist_ok=True)
-    jobs = executor.map_array(_checkpointable()(), [config_path] * len(todo), [base_arg] * len(todo),
-                              [dict(by_name[n]) for n in todo],
-                              [local.run_dir(sweep_dir, n) for n in todo])
+    programs = local.programs(config_path, base_arg, {n: by_name[n] for n in todo})  # vmapped trials
+    jobs = executor.map_array(_checkpointable()(), [config_path] * len(programs), [base_arg] * len(programs),
+                              [[dict(by_name[n]) for n in p] for p in programs],
+                              [[local.run_dir(sweep_dir, n) for n in p] for p in programs])
     ids = [job.job_id for job in jobs]
-    for name, job_id in zip(todo, ids):  # a relaunch does not submit a queued point again
-        local._write_json(os.path.join(local.run_dir(sweep_dir, name), "slurm_job.json"),
-                          {"job_id": job_id, "folder": folder, "time": time.time()})
-    log(f"submitted array {ids[0].split('_')[0] if ids else '-'} ({len(ids)} tasks, "
+    for program, job_id in zip(programs, ids):  # a relaunch does not submit a queued point again
+        for name in program:
+            local._write_json(os.path.join(local.run_dir(sweep_dir, name), "slurm_job.json"),
+                              {"job_id": job_id, "folder": folder, "time": time.time()})
+    log(f"submitted array {ids[0].split('_')[0] if ids else '-'} ({len(ids)} tasks for {len(todo)} points, "
         f"{resources.array_parallelism} at a time); logs in {folder}")
     return ids

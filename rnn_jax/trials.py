@@ -1,0 +1,375 @@
+"""Vmapped trials: K settings of one architecture trained as one jitted program.
+
+``train_trials(configs, workdirs)`` trains K configs that differ only in :data:`TRIAL_FIELDS`
+(seed, learning rate, clip norm, initialisation scales: nothing that changes a shape or the
+program) with
+``jax.vmap`` over the parameters, the optimizer states, the carried hidden states, the dropout
+keys and, where they differ (``train.bptt = "full"`` draws windows from the seed), the batches.
+Each trial writes its own run directory as :func:`rnn_jax.train.train_and_evaluate` would
+(``config.json``, ``metrics.jsonl``, ``samples.txt``, checkpoints, ``result.json``), so tables
+do not depend on how a sweep ran; only ``result.json`` adds ``"vmapped": {"trials": K, "index": i}``.
+A trial's checkpoints are a plain run's: a trial can be resumed on its own, and a plain run as a
+trial.
+
+A trial whose loss, gradient norm or parameters become non-finite is frozen inside the program
+at its last finite parameters (its updates are masked from that step on), recorded as
+``diverged`` like a plain run that diverged at that step, and the other trials go on. When the
+program is resumed, a trial recorded as diverged stays so (a sweep treats it as done).
+
+Small models gain most: the K trials compile once and share each step's dispatch and loop
+overhead (``python experiments/benchmark.py --what=trials``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_jax import data as data_lib
+from rnn_jax import lm as lm_lib
+from rnn_jax import train
+from rnn_jax.checkpoint import RunCheckpoints
+
+# The fields in which the trials of one program may differ: the seed, two optimizer scalars and
+# the initialisers' scales (used by ``init`` only, never by ``apply``).
+TRIAL_FIELDS = ("seed", "optim.learning_rate", "optim.max_norm", "model.init_scale",
+                "model.embed_scale", "model.output_scale")
+_NOT_COMPARED = TRIAL_FIELDS + ("trials_per_program",)
+
+
+def _flat(config) -> dict:
+    return train._flatten(json.loads(config.to_json_best_effort()))
+
+
+def program_key(config) -> str:
+    """Configs with equal keys can be trials of one program (all fields but :data:`TRIAL_FIELDS`)."""
+    flat = {k: v for k, v in _flat(config).items() if k not in _NOT_COMPARED}
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+def check_trials(configs) -> None:
+    """Raise ``ValueError`` unless ``configs`` can train as vmapped trials of one program."""
+    if not configs:
+        raise ValueError("vmapped trials need at least one config")
+    first = _flat(configs[0])
+    for i, config in enumerate(configs[1:], 1):
+        flat = _flat(config)
+        diff = sorted(k for k in set(first) | set(flat) if first.get(k) != flat.get(k) and k not in _NOT_COMPARED)
+        if diff:
+            details = "; ".join(f"{k}: {first.get(k)!r} vs {flat.get(k)!r}" for k in diff[:6])
+            raise ValueError(f"trial {i} differs from trial 0 in {details}; vmapped trials may differ "
+                             f"only in {', '.join(TRIAL_FIELDS)}")
+    config = configs[0]
+    if config.optim.schedule.name == "plateau":
+        raise ValueError("config.optim.schedule.name = 'plateau' cannot run as vmapped trials: each run "
+                         "halves its learning rate and stops on its own validation curve; use "
+                         "trials_per_program = 1 (or another schedule)")
+    if config.train.get("data_parallel", False):
+        raise ValueError("config.train.data_parallel = True cannot run as vmapped trials: use "
+                         "trials_per_program = 1 for a data-parallel run")
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _index(tree, i: int):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _make_step(model, config, steps_per_epoch: int, num_steps: int, per_trial_data: bool,
+               with_keys: bool):
+    """jit of the vmapped ``(params, opt_state, carry, inputs, targets, keys, weights, hyper,
+    active) -> (params, opt_state, carry, metrics, active)``: a trial updates only while active
+    and finite."""
+    step = train.train_step_fn(model, config.train.loss_reduction)
+
+    def one(params, opt_state, carry, inputs, targets, key, weights, hyper, active):
+        optimizer = train.make_optimizer(config, steps_per_epoch, num_steps,
+                                         learning_rate=hyper["learning_rate"], max_norm=hyper["max_norm"])
+        new = step(params, opt_state, carry, inputs, targets, key, weights, optimizer, hyper["max_norm"])
+        metrics = new[3]
+        keep = active & metrics["finite"]
+        old = (params, opt_state, carry)
+        params, opt_state, carry = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new[:3], old)
+        return params, opt_state, carry, metrics, keep
+
+    d = 0 if per_trial_data else None
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, d, d, 0 if with_keys else None, d, 0, 0)))
+
+
+def _resume(checkpoints, params_list, states, log):
+    """Restore every trial at one common step: ``(start, params_list, states, metas)``."""
+    abstract = [(train._abstract(p), train._abstract(s)) for p, s in zip(params_list, states)]
+    latest = [ck.latest_step() for ck in checkpoints]
+    if all(s is None for s in latest):
+        return 0, params_list, states, [{}] * len(states)
+    if len(set(latest)) == 1:
+        restored = [train._restore_latest(ck, p, s) for ck, p, s in zip(checkpoints, params_list, states)]
+    else:  # stopped while saving: restore all at the newest step every trial kept, else start over
+        common = set.intersection(*(set(ck.steps()) for ck in checkpoints))
+        if not common:
+            log(f"trials' checkpoints are at different steps {latest} with none in common: starting over")
+            return 0, params_list, states, [{}] * len(states)
+        step = max(common)
+        restored = [ck.restore("latest", p, s, step=step) for ck, (p, s) in zip(checkpoints, abstract)]
+    return (int(restored[0][1]["step"]), [r[0] for r in restored], [r[1] for r in restored],
+            [r[2] for r in restored])
+
+
+def train_trials(configs, workdirs, *, log=None) -> list:
+    """Train (or resume) the trials ``configs[i]`` in ``workdirs[i]`` as one vmapped program;
+    returns their ``result.json`` contents."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    configs, workdirs = list(configs), [os.fspath(w) for w in workdirs]
+    if len(configs) != len(workdirs):
+        raise ValueError(f"{len(configs)} configs but {len(workdirs)} workdirs: give one workdir per trial")
+    if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
+        raise ValueError(f"workdirs repeat a directory ({workdirs}): each trial needs its own")
+    check_trials(configs)
+    for config in configs:
+        train.validate_config(config)
+    config, k = configs[0], len(configs)
+    t = config.train
+    corpus = train.load_data(config.data)
+    train.check_data_fits(config, corpus)
+    vocab = None
+    for c, workdir in zip(configs, workdirs):
+        vocab = train.prepare_run_dir(c, corpus, workdir)
+
+    steps_per_epoch = data_lib.tbptt_steps_per_epoch(len(corpus.train), t.batch_size, t.seq_len)
+    num_steps = t.num_steps or t.num_epochs * steps_per_epoch
+    eval_every = t.eval_every or steps_per_epoch
+    checkpoint_every = t.checkpoint_every or steps_per_epoch
+    size = len(vocab) if vocab is not None else corpus.num_pitches
+    models = [train.make_model(c, size) for c in configs]  # they differ only in how they initialise
+    model = models[0]
+    word_level = vocab is not None and vocab.level == "word"
+    select_by = t.get("select_by", "valid_loss")
+    loss_mask = train.task_loss_mask(config, corpus)
+    per_trial_data = t.bptt == "full"
+    vstep = _make_step(model, config, steps_per_epoch, num_steps, per_trial_data, model.dropout > 0)
+    evaluate = train.Evaluator(model, config, corpus, loss_mask, trials=True)
+    hyper = {name: jnp.asarray([float(c.optim[name]) for c in configs], jnp.float32)
+             for name in ("learning_rate", "max_norm")}
+
+    keys = [jax.random.split(jax.random.PRNGKey(c.seed), 3) for c in configs]  # init, dropout, sample
+    params_list = [m.init(key[0]) for m, key in zip(models, keys)]
+    states = [{"step": jnp.zeros((), jnp.int32),
+               "opt_state": train.make_optimizer(c, steps_per_epoch, num_steps).init(p),
+               "carry": model.zero_carry(t.batch_size),
+               "sched": {"best_valid": jnp.asarray(jnp.inf, jnp.float32),
+                         "best_select": jnp.asarray(jnp.inf, jnp.float32),
+                         "bad_evals": jnp.zeros((), jnp.int32), "halvings": jnp.zeros((), jnp.int32)}}
+              for c, p in zip(configs, params_list)]
+    checkpoints = [RunCheckpoints(w, t.max_to_keep) for w in workdirs]
+    # a trial already recorded as diverged stays so (rerunning would diverge again); the others
+    # resume together from one step
+    earlier = [train.read_json_or_none(os.path.join(w, "result.json")) for w in workdirs]
+    live = [i for i in range(k) if (earlier[i] or {}).get("status") != "diverged"]
+    if not live:
+        log(f"all {k} trials diverged earlier: nothing to run")
+        for ck in checkpoints:
+            ck.close()
+        return earlier
+    start, restored_params, restored_states, metas = _resume(
+        [checkpoints[i] for i in live], [params_list[i] for i in live], [states[i] for i in live], log)
+    for j, i in enumerate(live):
+        params_list[i], states[i] = restored_params[j], restored_states[j]
+    if start:
+        log(f"resuming {len(live)} trials at step {start}")
+    time_offsets = (float(metas[0].get("elapsed_s", 0.0)), float(metas[0].get("train_time_s", 0.0)))
+    last_good = [None] * k
+    best = [{"step": None, "valid_loss": None, "metrics": {}} for _ in range(k)]
+    for i in live:
+        workdir = workdirs[i]
+        losses = [r["loss"] for r in train._truncate_after(workdir, start)
+                  if isinstance(r.get("loss"), (int, float))]
+        last_good[i] = losses[-1] if losses else None
+        if start and math.isfinite(float(states[i]["sched"]["best_select"])):
+            meta = checkpoints[i].restore_meta("best") or {}
+            best[i] = {"step": checkpoints[i].latest_step("best"), "valid_loss": meta.get("valid_loss"),
+                       "metrics": meta.get("metrics", {})}
+        result_path = os.path.join(workdir, "result.json")
+        if os.path.exists(result_path):
+            os.remove(result_path)  # live again
+    sched = [dict(s["sched"]) for s in states]
+    params = _stack(params_list)
+    opt_state = _stack([s["opt_state"] for s in states])
+    carry = _stack([s["carry"] for s in states])
+    del params_list, states
+    zero_carry = _stack([model.zero_carry(t.batch_size)] * k)
+    active = np.zeros(k, bool)
+    active[live] = True
+    active_dev = jnp.asarray(active)
+    ended = [None] * k  # the step at which a trial diverged
+
+    streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
+    train_weights = data_lib.stream_weights(loss_mask["train"], t.batch_size) if loss_mask else None
+    metrics_files = [open(os.path.join(w, "metrics.jsonl"), "a", encoding="utf-8") for w in workdirs]
+    samples_files = [open(os.path.join(w, "samples.txt"), "a", encoding="utf-8") for w in workdirs]
+    boards = [train._tensorboard(w, purge_step=start + 1) if i in live else None
+              for i, w in enumerate(workdirs)]
+    progress = train.Progress(start, num_steps)
+    pending: list = []
+    started = time.time()
+    last_valid = (None, None)  # (step, per-trial metrics) of the latest evaluation
+
+    def times() -> dict:
+        return {"elapsed_s": time_offsets[0] + time.time() - started,
+                "train_time_s": time_offsets[1] + progress.elapsed()}
+
+    def flush() -> None:
+        if not pending:
+            return
+        values = jax.device_get([m for _, m in pending])
+        for (step, _), m in zip(pending, values):
+            for i in np.flatnonzero(active):
+                record = train.step_record(step, {name: v[i] for name, v in m.items()})
+                if not bool(m["finite"][i]):
+                    active[i], ended[i] = False, step
+                    metrics_files[i].write(json.dumps(train._json_safe(record)) + "\n")
+                    log(f"trial {i} ({workdirs[i]}): step {step}: non-finite loss; its updates are "
+                        f"masked from here (the last good checkpoint is kept), the others go on")
+                    continue
+                last_good[i] = record["loss"]
+                metrics_files[i].write(json.dumps(record) + "\n")
+                if boards[i] is not None:
+                    for name in ("loss", "grad_norm", "learning_rate"):
+                        boards[i].add_scalar(f"train/{name}", record[name], step)
+        for f in metrics_files:
+            f.flush()
+        pending.clear()
+
+    def trial_state(i: int, step: int) -> dict:
+        return {"step": jnp.asarray(step, jnp.int32), "opt_state": _index(opt_state, i),
+                "carry": _index(carry, i), "sched": sched[i]}
+
+    def close() -> None:
+        for ck in checkpoints:
+            ck.close()
+        for f in metrics_files + samples_files:
+            f.close()
+        for board in boards:
+            if board is not None:
+                board.close()
+
+    try:
+        step = start
+        while step < num_steps and active.any():
+            if t.bptt == "truncated":
+                inputs, targets, new_epoch = data_lib.tbptt_batch(streams, step, t.seq_len)
+                if new_epoch:
+                    carry = zero_carry
+                weights = None
+                if train_weights is not None:
+                    weights = data_lib.batches.tbptt_chunk(train_weights, step, t.seq_len)
+            else:
+                batches = [data_lib.window_batch(corpus.train, c.seed, step, t.batch_size, t.seq_len,
+                                                 mask=loss_mask.get("train")) for c in configs]
+                inputs, targets = np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
+                weights = np.stack([b[2] for b in batches]) if len(batches[0]) == 3 else None
+                carry = zero_carry
+            dropout_keys = (jnp.stack([jax.random.fold_in(key[1], step) for key in keys])
+                            if model.dropout > 0 else None)
+            params, opt_state, carry, metrics, active_dev = vstep(
+                params, opt_state, carry, inputs, targets, dropout_keys, weights, hyper, active_dev)
+            step += 1
+            pending.append((step, metrics))
+            last = step == num_steps
+            do_eval = step % eval_every == 0 or last
+            do_save = do_eval or step % checkpoint_every == 0
+            if step % t.log_every == 0 or do_save or step == start + 1:
+                flush()
+                losses = [last_good[i] for i in np.flatnonzero(active)]
+                log(progress.line(step, min(losses) if losses else None) + f" | {int(active.sum())}/{k} trials")
+                if step == start + 1:
+                    progress.restart_rate(step)
+            if not do_save or not active.any():
+                continue
+            progress.pause()
+            if do_eval:
+                valid_all = evaluate(params, "valid")
+                last_valid = (step, valid_all)
+            for i in np.flatnonzero(active):
+                p_i = _index(params, i)
+                if do_eval:
+                    valid_metrics = valid_all[i]
+                    valid = valid_metrics["loss"]
+                    record = train.eval_record(step, valid_metrics, word_level, times())
+                    score = -valid_metrics["accuracy"] if select_by == "valid_accuracy" else valid
+                    improved = bool(score < float(sched[i]["best_select"]))
+                    sched[i] = {"best_valid": jnp.asarray(min(valid, float(sched[i]["best_valid"])), jnp.float32),
+                                "best_select": jnp.asarray(min(score, float(sched[i]["best_select"])), jnp.float32),
+                                "bad_evals": jnp.zeros((), jnp.int32), "halvings": jnp.zeros((), jnp.int32)}
+                    metrics_files[i].write(json.dumps(train._json_safe(record)) + "\n")
+                    metrics_files[i].flush()
+                    if boards[i] is not None:
+                        boards[i].add_scalar("valid/loss", valid, step)
+                    train.append_sample(samples_files[i], model, p_i, corpus, t, keys[i][2], step, valid)
+                    if improved:
+                        extra = {name: v for name, v in valid_metrics.items() if name != "loss"}
+                        best[i] = {"step": step, "valid_loss": valid, "metrics": extra}
+                        checkpoints[i].save("best", step, p_i, trial_state(i, step),
+                                            train._json_safe({"step": step, "valid_loss": valid, "metrics": extra}))
+                checkpoints[i].save("latest", step, p_i, trial_state(i, step),
+                                    {"step": step, "time": time.time(), **times()})
+            if do_eval:
+                log(f"step {step}: valid loss " + " ".join(
+                    f"{v['loss']:.4f}" if active[i] else "-" for i, v in enumerate(valid_all)))
+            progress.resume()
+        flush()
+        for ck in checkpoints:
+            ck.wait()
+    except BaseException as e:
+        for ck in checkpoints:
+            ck.wait()
+        if isinstance(e, Exception):
+            for workdir in (workdirs[i] for i in live):
+                train.write_json_atomic(os.path.join(workdir, "result.json"), {
+                    "status": "failed", "error": f"{type(e).__name__}: {e}", "step": step,
+                    "num_steps": num_steps, "vmapped": {"trials": k}})
+        close()
+        raise
+
+    final_step = step
+    final_valid = final_test = best_test = [None] * k
+    if active.any():
+        final_valid = last_valid[1] if last_valid[0] == final_step else evaluate(params, "valid")
+        final_test = evaluate(params, "test")
+        # the test metrics at each trial's best checkpoint: its final parameters or the restored best
+        need = [i for i in np.flatnonzero(active) if best[i]["step"] not in (None, final_step)]
+        best_test = list(final_test)
+        if need:
+            chosen = [_index(params, i) for i in range(k)]
+            for i in need:
+                chosen[i] = checkpoints[i].restore("best", train._abstract(chosen[i]))[0]
+            restored_test = evaluate(_stack(chosen), "test")
+            for i in need:
+                best_test[i] = restored_test[i]
+    num_params = lm_lib.num_params(_index(params, 0))
+    results = []
+    for i, workdir in enumerate(workdirs):
+        if i not in live:
+            results.append(earlier[i])
+            continue
+        done = bool(active[i])
+        result = train.run_result(
+            "completed" if done else "diverged", final_step if done else ended[i], num_steps,
+            steps_per_epoch, num_params, last_good[i], best[i], times(), vocab, select_by, corpus,
+            final_valid[i] if done else None, final_test[i] if done else None,
+            best_test[i] if done and best[i]["step"] is not None else None)
+        result["vmapped"] = {"trials": k, "index": i}
+        results.append(result)
+    close()
+    for i in live:
+        train.write_json_atomic(os.path.join(workdirs[i], "result.json"), results[i])
+    log(f"{k} trials: " + ", ".join(f"{r['status']} (best valid loss {r['best_valid_loss']})" for r in results))
+    return results
