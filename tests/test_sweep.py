@@ -167,3 +167,78 @@ def test_compare_main_trains_and_prints_the_table(tmp_path):
                             "--tasks=memorization", "--steps=5", f"--sweep_dir={tmp_path}"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "other settings (steps differ)" in again.stderr
+
+
+KILL_CONFIG = '''
+from experiments.configs.tasks import get_config
+
+
+def sweep(add):
+    for seed in range(4):
+        add(seed=seed)
+'''
+
+
+def test_killing_the_launcher_mid_sweep_and_relaunching_completes_every_point_once(tmp_path):
+    """SIGKILL the launcher and its workers while points train; the relaunch finishes the
+    sweep: every point completes exactly once, none lost, none trained twice."""
+    import signal
+    import time
+
+    config_path = tmp_path / "kill_config.py"
+    config_path.write_text(KILL_CONFIG)
+    sweep_dir = tmp_path / "sweep"
+    steps = 200
+    cmd = [sys.executable, "-m", "experiments.sweep", "run", f"--config={config_path}",
+           "--arg=task=memorization,runlocal,optimizer=adam,lr=0.01", f"--sweep_dir={sweep_dir}",
+           "--workers=2", f"--config_override=train.num_steps={steps}",
+           "--config_override=train.checkpoint_every=10", "--config_override=train.eval_every=50"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    names = [sweep.point_name({"seed": s, **{"train.num_steps": steps, "train.checkpoint_every": 10,
+                                               "train.eval_every": 50}}) for s in range(4)]
+
+    def interrupted(name):  # a checkpoint, no result yet
+        d = sweep.run_dir(str(sweep_dir), name)
+        ck = os.path.join(d, "checkpoints", "latest")
+        return (not os.path.exists(os.path.join(d, "result.json")) and os.path.isdir(ck)
+                and any(e.isdigit() for e in os.listdir(ck)))
+
+    def done(name):
+        return os.path.exists(os.path.join(sweep.run_dir(str(sweep_dir), name), "result.json"))
+
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and launcher.poll() is None:
+            if any(map(done, names)) and any(map(interrupted, names)):
+                break
+            time.sleep(0.05)
+        assert launcher.poll() is None, "the sweep ended before it could be killed: " + launcher.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no point was ever caught mid-run"
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its workers, as a lost job would be
+        launcher.wait()
+    before = {n: os.path.getmtime(os.path.join(sweep.run_dir(str(sweep_dir), n), "result.json"))
+              for n in names if done(n)}
+    assert 1 <= len(before) < 4
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(before)} done, {4 - len(before)} to run" in again.stderr
+    assert sweep.sweep_status(str(sweep_dir)) == {n: "completed" for n in names}
+    resumed = 0
+    for name in names:
+        d = sweep.run_dir(str(sweep_dir), name)
+        if name in before:  # finished before the kill: not run again
+            assert os.path.getmtime(os.path.join(d, "result.json")) == before[name]
+        log = open(os.path.join(d, "log.txt")).read()
+        assert log.count("completed: ") == 1, name  # one end of training per point
+        resumed += "resuming" in log
+        records = [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
+        train_steps = [r["step"] for r in records if "loss" in r]
+        eval_steps = [r["step"] for r in records if "valid_loss" in r]
+        assert train_steps == list(range(1, steps + 1)), name  # every step once, in order
+        assert eval_steps == [50, 100, 150, 200], name
+        assert json.load(open(os.path.join(d, "result.json")))["step"] == steps
+    assert resumed >= 1  # at least one point was cut mid-run and resumed from its checkpoint
