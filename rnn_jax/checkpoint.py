@@ -38,6 +38,12 @@ class RunCheckpoints:
         """The steps kept for ``which``, oldest first."""
         return sorted(self._manager(which).all_steps())
 
+    def clear(self) -> None:
+        """Delete every checkpoint (a run that starts over)."""
+        for manager in self._managers.values():
+            for step in manager.all_steps():
+                manager.delete(step)
+
     def _manager(self, which: str):
         if which not in self._managers:
             raise ValueError(f"checkpoint kind must be 'latest' or 'best', got {which!r}")

@@ -676,7 +676,7 @@ def run_result(status: str, step: int, num_steps: int, steps_per_epoch: int, num
                 result[f"final_valid_{k}"], result[f"final_test_{k}"] = final_valid[k], final_test[k]
     for k, v in (best_test or {}).items():  # the test metrics of the best checkpoint
         result[f"test_{k}"] = v
-    if vocab is not None and vocab.level == "word":
+    if final_valid is not None and vocab is not None and vocab.level == "word":  # completed runs
         for k in ("final_valid_loss", "final_test_loss", "best_valid_loss", "test_loss"):
             if result.get(k) is not None:
                 result[k.replace("loss", "perplexity")] = math.exp(min(result[k], 700.0))
@@ -859,7 +859,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
             if step % t.log_every == 0 or do_save or step == start + 1:
                 if not flush():
                     status = "diverged"
-                    log(f"step {step}: non-finite loss; stopping (the last good checkpoint is kept)")
+                    log(f"step {int(state['step'])}: non-finite loss; stopping (the last good checkpoint is kept)")
                     break
                 log(progress.line(step, last_good_loss))
                 if step == start + 1:  # exclude the first step (compilation) from the rate

@@ -106,20 +106,20 @@ def _make_step(model, config, steps_per_epoch: int, num_steps: int, per_trial_da
 
 
 def _resume(checkpoints, params_list, states, log):
-    """Restore every trial at one common step: ``(start, params_list, states, metas)``."""
-    abstract = [(train._abstract(p), train._abstract(s)) for p, s in zip(params_list, states)]
+    """Restore every trial at its latest step, which must be the same for all: ``(start,
+    params_list, states, metas)``. When they differ (a kill during a save, or trials that ran in
+    different programs before), every trial starts over with its checkpoints deleted, so no
+    stale checkpoint stays ahead of the replay."""
     latest = [ck.latest_step() for ck in checkpoints]
+    fresh = (0, params_list, states, [{}] * len(states))
     if all(s is None for s in latest):
-        return 0, params_list, states, [{}] * len(states)
-    if len(set(latest)) == 1:
-        restored = [train._restore_latest(ck, p, s) for ck, p, s in zip(checkpoints, params_list, states)]
-    else:  # stopped while saving: restore all at the newest step every trial kept, else start over
-        common = set.intersection(*(set(ck.steps()) for ck in checkpoints))
-        if not common:
-            log(f"trials' checkpoints are at different steps {latest} with none in common: starting over")
-            return 0, params_list, states, [{}] * len(states)
-        step = max(common)
-        restored = [ck.restore("latest", p, s, step=step) for ck, (p, s) in zip(checkpoints, abstract)]
+        return fresh
+    if len(set(latest)) > 1:
+        log(f"the trials' latest checkpoints are at different steps {latest}: all start over")
+        for ck in checkpoints:
+            ck.clear()
+        return fresh
+    restored = [train._restore_latest(ck, p, s) for ck, p, s in zip(checkpoints, params_list, states)]
     return (int(restored[0][1]["step"]), [r[0] for r in restored], [r[1] for r in restored],
             [r[2] for r in restored])
 
@@ -138,11 +138,18 @@ def train_trials(configs, workdirs, *, log=None) -> list:
         train.validate_config(config)
     config, k = configs[0], len(configs)
     t = config.train
+    # a trial already recorded as diverged stays so (rerunning would diverge again; a sweep counts
+    # it as done) and its files are left as they are; the others resume together from one step
+    earlier = [train.read_json_or_none(os.path.join(w, "result.json")) for w in workdirs]
+    live = [i for i in range(k) if (earlier[i] or {}).get("status") != "diverged"]
+    if not live:
+        log(f"all {k} trials diverged earlier: nothing to run")
+        return earlier
     corpus = train.load_data(config.data)
     train.check_data_fits(config, corpus)
     vocab = None
-    for c, workdir in zip(configs, workdirs):
-        vocab = train.prepare_run_dir(c, corpus, workdir)
+    for i in live:
+        vocab = train.prepare_run_dir(configs[i], corpus, workdirs[i])
 
     steps_per_epoch = data_lib.tbptt_steps_per_epoch(len(corpus.train), t.batch_size, t.seq_len)
     num_steps = t.num_steps or t.num_epochs * steps_per_epoch
@@ -159,7 +166,6 @@ def train_trials(configs, workdirs, *, log=None) -> list:
     evaluate = train.Evaluator(model, config, corpus, loss_mask, trials=True)
     hyper = {name: jnp.asarray([float(c.optim[name]) for c in configs], jnp.float32)
              for name in ("learning_rate", "max_norm")}
-
     keys = [jax.random.split(jax.random.PRNGKey(c.seed), 3) for c in configs]  # init, dropout, sample
     params_list = [m.init(key[0]) for m, key in zip(models, keys)]
     states = [{"step": jnp.zeros((), jnp.int32),
@@ -169,100 +175,106 @@ def train_trials(configs, workdirs, *, log=None) -> list:
                          "best_select": jnp.asarray(jnp.inf, jnp.float32),
                          "bad_evals": jnp.zeros((), jnp.int32), "halvings": jnp.zeros((), jnp.int32)}}
               for c, p in zip(configs, params_list)]
-    checkpoints = [RunCheckpoints(w, t.max_to_keep) for w in workdirs]
-    # a trial already recorded as diverged stays so (rerunning would diverge again); the others
-    # resume together from one step
-    earlier = [train.read_json_or_none(os.path.join(w, "result.json")) for w in workdirs]
-    live = [i for i in range(k) if (earlier[i] or {}).get("status") != "diverged"]
-    if not live:
-        log(f"all {k} trials diverged earlier: nothing to run")
-        for ck in checkpoints:
-            ck.close()
-        return earlier
-    start, restored_params, restored_states, metas = _resume(
-        [checkpoints[i] for i in live], [params_list[i] for i in live], [states[i] for i in live], log)
-    for j, i in enumerate(live):
-        params_list[i], states[i] = restored_params[j], restored_states[j]
-    if start:
-        log(f"resuming {len(live)} trials at step {start}")
-    time_offsets = (float(metas[0].get("elapsed_s", 0.0)), float(metas[0].get("train_time_s", 0.0)))
+
+    results = [None if i in live else earlier[i] for i in range(k)]
+    checkpoints, metrics_files, samples_files, boards = {}, {}, {}, {}
     last_good = [None] * k
     best = [{"step": None, "valid_loss": None, "metrics": {}} for _ in range(k)]
-    for i in live:
-        workdir = workdirs[i]
-        losses = [r["loss"] for r in train._truncate_after(workdir, start)
-                  if isinstance(r.get("loss"), (int, float))]
-        last_good[i] = losses[-1] if losses else None
-        if start and math.isfinite(float(states[i]["sched"]["best_select"])):
-            meta = checkpoints[i].restore_meta("best") or {}
-            best[i] = {"step": checkpoints[i].latest_step("best"), "valid_loss": meta.get("valid_loss"),
-                       "metrics": meta.get("metrics", {})}
-        result_path = os.path.join(workdir, "result.json")
-        if os.path.exists(result_path):
-            os.remove(result_path)  # live again
-    sched = [dict(s["sched"]) for s in states]
-    params = _stack(params_list)
-    opt_state = _stack([s["opt_state"] for s in states])
-    carry = _stack([s["carry"] for s in states])
-    del params_list, states
-    zero_carry = _stack([model.zero_carry(t.batch_size)] * k)
     active = np.zeros(k, bool)
     active[live] = True
-    active_dev = jnp.asarray(active)
     ended = [None] * k  # the step at which a trial diverged
-
-    streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
-    train_weights = data_lib.stream_weights(loss_mask["train"], t.batch_size) if loss_mask else None
-    metrics_files = [open(os.path.join(w, "metrics.jsonl"), "a", encoding="utf-8") for w in workdirs]
-    samples_files = [open(os.path.join(w, "samples.txt"), "a", encoding="utf-8") for w in workdirs]
-    boards = [train._tensorboard(w, purge_step=start + 1) if i in live else None
-              for i, w in enumerate(workdirs)]
+    step = start = 0
     progress = train.Progress(start, num_steps)
-    pending: list = []
     started = time.time()
-    last_valid = (None, None)  # (step, per-trial metrics) of the latest evaluation
+    time_offsets = (0.0, 0.0)
 
     def times() -> dict:
         return {"elapsed_s": time_offsets[0] + time.time() - started,
                 "train_time_s": time_offsets[1] + progress.elapsed()}
 
-    def flush() -> None:
-        if not pending:
-            return
-        values = jax.device_get([m for _, m in pending])
-        for (step, _), m in zip(pending, values):
-            for i in np.flatnonzero(active):
-                record = train.step_record(step, {name: v[i] for name, v in m.items()})
-                if not bool(m["finite"][i]):
-                    active[i], ended[i] = False, step
-                    metrics_files[i].write(json.dumps(train._json_safe(record)) + "\n")
-                    log(f"trial {i} ({workdirs[i]}): step {step}: non-finite loss; its updates are "
-                        f"masked from here (the last good checkpoint is kept), the others go on")
-                    continue
-                last_good[i] = record["loss"]
-                metrics_files[i].write(json.dumps(record) + "\n")
-                if boards[i] is not None:
-                    for name in ("loss", "grad_norm", "learning_rate"):
-                        boards[i].add_scalar(f"train/{name}", record[name], step)
-        for f in metrics_files:
-            f.flush()
-        pending.clear()
-
-    def trial_state(i: int, step: int) -> dict:
-        return {"step": jnp.asarray(step, jnp.int32), "opt_state": _index(opt_state, i),
-                "carry": _index(carry, i), "sched": sched[i]}
-
     def close() -> None:
-        for ck in checkpoints:
+        for ck in checkpoints.values():
             ck.close()
-        for f in metrics_files + samples_files:
+        for f in list(metrics_files.values()) + list(samples_files.values()):
             f.close()
-        for board in boards:
+        for board in boards.values():
             if board is not None:
                 board.close()
 
+    def finish(i: int, result: dict) -> None:
+        result["vmapped"] = {"trials": k, "index": int(i)}
+        results[i] = result
+        train.write_json_atomic(os.path.join(workdirs[i], "result.json"), result)
+
     try:
+        for i in live:
+            checkpoints[i] = RunCheckpoints(workdirs[i], t.max_to_keep)
+        start, restored_params, restored_states, metas = _resume(
+            [checkpoints[i] for i in live], [params_list[i] for i in live], [states[i] for i in live], log)
         step = start
+        for j, i in enumerate(live):
+            params_list[i], states[i] = restored_params[j], restored_states[j]
+        if start:
+            log(f"resuming {len(live)} trials at step {start}")
+        time_offsets = (float(metas[0].get("elapsed_s", 0.0)), float(metas[0].get("train_time_s", 0.0)))
+        progress = train.Progress(start, num_steps)
+        for i in live:
+            losses = [r["loss"] for r in train._truncate_after(workdirs[i], start)
+                      if isinstance(r.get("loss"), (int, float))]
+            last_good[i] = losses[-1] if losses else None
+            if start and math.isfinite(float(states[i]["sched"]["best_select"])):
+                meta = checkpoints[i].restore_meta("best") or {}
+                best[i] = {"step": checkpoints[i].latest_step("best"), "valid_loss": meta.get("valid_loss"),
+                           "metrics": meta.get("metrics", {})}
+            result_path = os.path.join(workdirs[i], "result.json")
+            if os.path.exists(result_path):
+                os.remove(result_path)  # live again
+            metrics_files[i] = open(os.path.join(workdirs[i], "metrics.jsonl"), "a", encoding="utf-8")
+            samples_files[i] = open(os.path.join(workdirs[i], "samples.txt"), "a", encoding="utf-8")
+            boards[i] = train._tensorboard(workdirs[i], purge_step=start + 1)
+        sched = [dict(s["sched"]) for s in states]
+        params = _stack(params_list)
+        opt_state = _stack([s["opt_state"] for s in states])
+        carry = _stack([s["carry"] for s in states])
+        del params_list, states
+        zero_carry = _stack([model.zero_carry(t.batch_size)] * k)
+        active_dev = jnp.asarray(active)
+        streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
+        train_weights = data_lib.stream_weights(loss_mask["train"], t.batch_size) if loss_mask else None
+        pending: list = []
+        last_valid = (None, None)  # (step, per-trial metrics) of the latest evaluation
+        num_params = lm_lib.num_params(_index(params, 0))
+
+        def flush() -> None:
+            if not pending:
+                return
+            values = jax.device_get([m for _, m in pending])
+            for (at, _), m in zip(pending, values):
+                for i in np.flatnonzero(active):
+                    record = train.step_record(at, {name: v[i] for name, v in m.items()})
+                    if not bool(m["finite"][i]):
+                        active[i], ended[i] = False, at
+                        metrics_files[i].write(json.dumps(train._json_safe(record)) + "\n")
+                        metrics_files[i].flush()
+                        # recorded at once: a resumed program must not run it again
+                        finish(i, train.run_result("diverged", at, num_steps, steps_per_epoch, num_params,
+                                                   last_good[i], best[i], times(), vocab, select_by, corpus))
+                        log(f"trial {i} ({workdirs[i]}): step {at}: non-finite loss; its updates are "
+                            f"masked from here (the last good checkpoint is kept), the others go on")
+                        continue
+                    last_good[i] = record["loss"]
+                    metrics_files[i].write(json.dumps(record) + "\n")
+                    if boards[i] is not None:
+                        for name in ("loss", "grad_norm", "learning_rate"):
+                            boards[i].add_scalar(f"train/{name}", record[name], at)
+            for f in metrics_files.values():
+                f.flush()
+            pending.clear()
+
+        def trial_state(i: int, at: int) -> dict:
+            return {"step": jnp.asarray(at, jnp.int32), "opt_state": _index(opt_state, i),
+                    "carry": _index(carry, i), "sched": sched[i]}
+
         while step < num_steps and active.any():
             if t.bptt == "truncated":
                 inputs, targets, new_epoch = data_lib.tbptt_batch(streams, step, t.seq_len)
@@ -326,50 +338,39 @@ def train_trials(configs, workdirs, *, log=None) -> list:
                     f"{v['loss']:.4f}" if active[i] else "-" for i, v in enumerate(valid_all)))
             progress.resume()
         flush()
-        for ck in checkpoints:
+        for ck in checkpoints.values():
             ck.wait()
+
+        done = [i for i in np.flatnonzero(active)]
+        if done:
+            final_valid = last_valid[1] if last_valid[0] == step else evaluate(params, "valid")
+            final_test = evaluate(params, "test")
+            # the test metrics at each trial's best checkpoint: its final parameters or the restored best
+            need = [i for i in done if best[i]["step"] not in (None, step)]
+            best_test = list(final_test)
+            if need:
+                chosen = [_index(params, i) for i in range(k)]
+                for i in need:
+                    chosen[i] = checkpoints[i].restore("best", train._abstract(chosen[i]))[0]
+                restored_test = evaluate(_stack(chosen), "test")
+                for i in need:
+                    best_test[i] = restored_test[i]
+            for i in done:
+                finish(i, train.run_result(
+                    "completed", step, num_steps, steps_per_epoch, num_params, last_good[i], best[i],
+                    times(), vocab, select_by, corpus, final_valid[i], final_test[i],
+                    best_test[i] if best[i]["step"] is not None else None))
     except BaseException as e:
-        for ck in checkpoints:
+        for ck in checkpoints.values():
             ck.wait()
         if isinstance(e, Exception):
-            for workdir in (workdirs[i] for i in live):
-                train.write_json_atomic(os.path.join(workdir, "result.json"), {
-                    "status": "failed", "error": f"{type(e).__name__}: {e}", "step": step,
-                    "num_steps": num_steps, "vmapped": {"trials": k}})
+            for i in live:
+                if results[i] is None:  # diverged or completed trials keep their result
+                    train.write_json_atomic(os.path.join(workdirs[i], "result.json"), {
+                        "status": "failed", "error": f"{type(e).__name__}: {e}", "step": step,
+                        "num_steps": num_steps, "vmapped": {"trials": k, "index": int(i)}})
         close()
         raise
-
-    final_step = step
-    final_valid = final_test = best_test = [None] * k
-    if active.any():
-        final_valid = last_valid[1] if last_valid[0] == final_step else evaluate(params, "valid")
-        final_test = evaluate(params, "test")
-        # the test metrics at each trial's best checkpoint: its final parameters or the restored best
-        need = [i for i in np.flatnonzero(active) if best[i]["step"] not in (None, final_step)]
-        best_test = list(final_test)
-        if need:
-            chosen = [_index(params, i) for i in range(k)]
-            for i in need:
-                chosen[i] = checkpoints[i].restore("best", train._abstract(chosen[i]))[0]
-            restored_test = evaluate(_stack(chosen), "test")
-            for i in need:
-                best_test[i] = restored_test[i]
-    num_params = lm_lib.num_params(_index(params, 0))
-    results = []
-    for i, workdir in enumerate(workdirs):
-        if i not in live:
-            results.append(earlier[i])
-            continue
-        done = bool(active[i])
-        result = train.run_result(
-            "completed" if done else "diverged", final_step if done else ended[i], num_steps,
-            steps_per_epoch, num_params, last_good[i], best[i], times(), vocab, select_by, corpus,
-            final_valid[i] if done else None, final_test[i] if done else None,
-            best_test[i] if done and best[i]["step"] is not None else None)
-        result["vmapped"] = {"trials": k, "index": i}
-        results.append(result)
     close()
-    for i in live:
-        train.write_json_atomic(os.path.join(workdirs[i], "result.json"), results[i])
-    log(f"{k} trials: " + ", ".join(f"{r['status']} (best valid loss {r['best_valid_loss']})" for r in results))
+    log(f"{k} trials: " + ", ".join(f"{r.get('status')} (best valid loss {r.get('best_valid_loss')})" for r in results))
     return results

@@ -194,7 +194,8 @@ def test_killing_the_launcher_mid_sweep_and_relaunching_completes_every_point_on
            "--workers=2", f"--config_override=train.num_steps={steps}",
            "--config_override=train.checkpoint_every=10", "--config_override=train.eval_every=50"]
     env = {**os.environ, "PYTHONPATH": ROOT}
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    launcher_log = open(tmp_path / "launcher.log", "w")  # a file, not a pipe nobody reads
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=launcher_log,
                                 start_new_session=True)
     names = [sweep.point_name({"seed": s, **{"train.num_steps": steps, "train.checkpoint_every": 10,
                                                "train.eval_every": 50}}) for s in range(4)]
@@ -205,8 +206,11 @@ def test_killing_the_launcher_mid_sweep_and_relaunching_completes_every_point_on
         return (not os.path.exists(os.path.join(d, "result.json")) and os.path.isdir(ck)
                 and any(e.isdigit() for e in os.listdir(ck)))
 
-    def done(name):
-        return os.path.exists(os.path.join(sweep.run_dir(str(sweep_dir), name), "result.json"))
+    def done(name):  # the result and the log's last line are both written
+        d = sweep.run_dir(str(sweep_dir), name)
+        log = os.path.join(d, "log.txt")
+        return (os.path.exists(os.path.join(d, "result.json")) and os.path.exists(log)
+                and "completed: " in open(log).read())
 
     deadline = time.time() + 240
     try:
@@ -214,11 +218,13 @@ def test_killing_the_launcher_mid_sweep_and_relaunching_completes_every_point_on
             if any(map(done, names)) and any(map(interrupted, names)):
                 break
             time.sleep(0.05)
-        assert launcher.poll() is None, "the sweep ended before it could be killed: " + launcher.stderr.read().decode()[-2000:]
+        assert launcher.poll() is None, ("the sweep ended before it could be killed: "
+                                         + (tmp_path / "launcher.log").read_text()[-2000:])
         assert time.time() < deadline, "no point was ever caught mid-run"
     finally:
         os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its workers, as a lost job would be
         launcher.wait()
+        launcher_log.close()
     before = {n: os.path.getmtime(os.path.join(sweep.run_dir(str(sweep_dir), n), "result.json"))
               for n in names if done(n)}
     assert 1 <= len(before) < 4

@@ -46,11 +46,21 @@ def _latest_params(workdir):
 
 def test_vmapped_trials_equal_separate_runs_and_resume(tmp_path):
     vdirs = [tmp_path / f"trial{i}" for i in range(3)]
+
+    def crash_on_divergence(msg):
+        if "non-finite" in msg:
+            raise RuntimeError("killed")
+
+    # the process dies right after trial 2 diverges: its result is already written, the others fail
+    with pytest.raises(RuntimeError, match="killed"):
+        trials.train_trials(_configs(10), vdirs, log=crash_on_divergence)
+    statuses = [json.load(open(d / "result.json"))["status"] for d in vdirs]
+    assert statuses == ["failed", "failed", "diverged"]
+    diverged_mtime = os.path.getmtime(vdirs[2] / "result.json")
     logs = []
     first = trials.train_trials(_configs(10), vdirs, log=logs.append)  # stops at step 10 ...
     assert [r["status"] for r in first] == ["completed", "completed", "diverged"]
-    assert any("trial 2" in m and "non-finite" in m for m in logs)
-    diverged_mtime = os.path.getmtime(vdirs[2] / "result.json")
+    assert not any("non-finite" in m for m in logs)  # trial 2 was not run again
     logs.clear()
     results = trials.train_trials(_configs(20), vdirs, log=logs.append)  # ... and resumes to 20
     assert any("resuming 2 trials at step 10" in m for m in logs)  # the diverged one stays so
@@ -102,3 +112,20 @@ def test_sweep_groups_points_into_programs(tmp_path):
     assert sweep.point_name(points["a"]) == sweep.point_name({"arg": BASE, "seed": 0})
     with pytest.raises(ValueError, match=r"trials_per_program = 0: must be an integer >= 1"):
         local.programs(config_path, None, {"g": {**base, "trials_per_program": 0}})
+
+
+def test_dropout_random_windows_and_a_schedule_match_separate_runs(tmp_path):
+    """Per-trial dropout keys, per-trial (seeded) training windows and a traced schedule."""
+    configs = [tasks_config.get_config("task=memorization,runlocal,optimizer=adam" + a)
+               for a in (",lr=0.01,seed=0", ",lr=0.003,seed=1,max_norm=0.5")]
+    for c in configs:
+        c.model.dropout = 0.3
+        c.train.update(bptt="full", num_steps=6, eval_every=3, checkpoint_every=3)
+        c.optim.schedule.update(name="cosine", warmup_steps=2)
+    results = trials.train_trials(configs, [tmp_path / "t0", tmp_path / "t1"], log=lambda m: None)
+    for i, config in enumerate(configs):
+        single = train.train_and_evaluate(config, str(tmp_path / f"s{i}"), log=lambda m: None)
+        results[i].pop("vmapped")
+        _close(results[i], single, f"result {i}")
+        for ra, rb in zip(train.read_metrics(str(tmp_path / f"t{i}")), train.read_metrics(str(tmp_path / f"s{i}"))):
+            _close(ra, rb, f"metrics {i}")

@@ -150,6 +150,9 @@ def run_program(config_path: str, base_arg: str | None, overrides: Sequence[Mapp
             for i in live:
                 path = os.path.join(workdirs[i], "result.json")
                 result = _read_json(path)
+                if result is not None and result.get("status") in DONE:  # a trial that ended first
+                    results[i] = {**result, "skipped": False}
+                    continue
                 if result is None or result.get("status") != "failed":
                     _write_json(path, {"status": "failed", "error": error})
                 results[i] = {"status": "failed", "error": error, "skipped": False}
@@ -159,7 +162,8 @@ def run_program(config_path: str, base_arg: str | None, overrides: Sequence[Mapp
 def programs(config_path: str, base_arg: str | None, points: Mapping[str, Mapping[str, Any]]) -> list:
     """Group the named ``points`` into programs (lists of names). Points whose config sets
     ``trials_per_program = K > 1`` and that differ only in :data:`rnn_jax.trials.TRIAL_FIELDS`
-    train K at a time as vmapped trials; every other point is a program of its own."""
+    train K at a time as vmapped trials; every other point (also one whose schedule or placement
+    cannot be vmapped: the plateau schedule, data parallel) is a program of its own."""
     singles, groups = [], {}
     for name, overrides in points.items():
         try:
@@ -169,10 +173,15 @@ def programs(config_path: str, base_arg: str | None, points: Mapping[str, Mappin
             k = 1
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"point {name}: config.trials_per_program = {k!r}: must be an integer >= 1")
+        if k > 1:
+            from rnn_jax import trials
+            try:
+                trials.check_trials([config])  # plateau schedule, data parallel: run alone
+            except ValueError:
+                k = 1
         if k == 1:
             singles.append([name])
             continue
-        from rnn_jax import trials
         groups.setdefault((k, trials.program_key(config)), []).append(name)
     out = singles
     for (k, _), names in groups.items():
