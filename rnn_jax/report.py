@@ -233,7 +233,8 @@ class Run:
         return str(self.result.get("status", "failed"))
 
 
-def _read_json(path: str):
+def read_json(path: str):
+    """The JSON in ``path``, or ``None`` when it is missing or unreadable (a torn write)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -253,11 +254,11 @@ def find_runs(sweep_dir: str) -> list[Run]:
         if "config.json" not in files:
             continue
         dirs[:] = []  # checkpoints and other subdirectories of a run are not runs
-        config = _read_json(os.path.join(root, "config.json"))
+        config = read_json(os.path.join(root, "config.json"))
         if not isinstance(config, dict):
             continue  # a torn or foreign config.json
         flat = _flatten(config)
-        result = _read_json(os.path.join(root, "result.json"))
+        result = read_json(os.path.join(root, "result.json"))
         result = result if isinstance(result, dict) else None
         task = flat.get("data.kind") or (result or {}).get("task") or "unknown"
         seed = flat.get("seed", 0)

@@ -436,15 +436,6 @@ def write_json_atomic(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json_or_none(path: str):
-    """The JSON in ``path``, or ``None`` when it is missing or unreadable (a torn write)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def read_metrics(workdir: str) -> list:
     """All records of ``metrics.jsonl`` (a torn last line from a killed process is skipped)."""
     path = os.path.join(workdir, "metrics.jsonl")

@@ -34,6 +34,7 @@ import numpy as np
 
 from rnn_jax import data as data_lib
 from rnn_jax import lm as lm_lib
+from rnn_jax import report
 from rnn_jax import train
 from rnn_jax.checkpoint import RunCheckpoints
 
@@ -140,7 +141,7 @@ def train_trials(configs, workdirs, *, log=None) -> list:
     t = config.train
     # a trial already recorded as diverged stays so (rerunning would diverge again; a sweep counts
     # it as done) and its files are left as they are; the others resume together from one step
-    earlier = [train.read_json_or_none(os.path.join(w, "result.json")) for w in workdirs]
+    earlier = [report.read_json(os.path.join(w, "result.json")) for w in workdirs]
     live = [i for i in range(k) if (earlier[i] or {}).get("status") != "diverged"]
     if not live:
         log(f"all {k} trials diverged earlier: nothing to run")
