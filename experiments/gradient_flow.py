@@ -110,6 +110,18 @@ def _finite(values) -> np.ndarray:
     return v
 
 
+def _finish(plt, fig, axes, xlabel: str, title: str, path: str) -> None:
+    """Shared styling of the study's two-panel figures, then save and close."""
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_grad_norms(results: dict, path: str) -> None:
     plt = _pyplot()
     cfg = results["config"]
@@ -122,15 +134,8 @@ def plot_grad_norms(results: dict, path: str) -> None:
     axes[0].set_title("at initialisation")
     axes[1].set_title(f"after {cfg['train_steps']} Adam steps on the adding problem")
     axes[0].set_ylabel(r"$\log_{10} \|\partial L / \partial h_t\|$,  $L = w \cdot h_T$")
-    for ax in axes:
-        ax.set_xlabel("t")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Gradient of a last-step readout w.r.t. each hidden state (T={cfg['length']}, "
-                 f"H={cfg['hidden']})", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, axes, "t", f"Gradient of a last-step readout w.r.t. each hidden state "
+            f"(T={cfg['length']}, H={cfg['hidden']})", path)
 
 
 def plot_spectral(results: dict, path: str) -> None:
@@ -146,14 +151,8 @@ def plot_spectral(results: dict, path: str) -> None:
             ax.plot(np.arange(1, len(logs) + 1), logs, color=cmap(k / max(len(curves) - 1, 1)),
                     label=rf"$\sigma$ = {sigma}  (radius {entry['spectral_radius']:.2f})", lw=1.4)
         ax.set_title(titles.get(base, base), fontsize=10)
-        ax.set_xlabel("t")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8)
     axes[0].set_ylabel(r"$\log_{10} \|\partial L / \partial h_t\|$")
-    fig.suptitle(r"Tanh RNN: largest singular value $\sigma$ of $W_{hh}$ sweeps through 1", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, axes, "t", r"Tanh RNN: largest singular value $\sigma$ of $W_{hh}$ sweeps through 1", path)
 
 
 def plot_clipping(results: dict, path: str) -> None:
@@ -176,15 +175,8 @@ def plot_clipping(results: dict, path: str) -> None:
     axes[1].axhline(clip["clip_norm"], color="gray", ls=":", lw=0.8, label="clipping threshold")
     for ax in axes:
         ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Tanh RNN, SGD lr={clip['learning_rate']:g}, orthogonal $W_{{hh}}$ with "
-                 rf"$\sigma$={clip['sigma']:g}, adding problem T={results['config']['length']}",
-                 fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, axes, "step", f"Tanh RNN, SGD lr={clip['learning_rate']:g}, orthogonal $W_{{hh}}$ with "
+            rf"$\sigma$={clip['sigma']:g}, adding problem T={results['config']['length']}", path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -87,12 +87,13 @@ def _index(tree, i: int):
 
 def _make_step(model, config, steps_per_epoch: int, num_steps: int, per_trial_data: bool,
                with_keys: bool):
-    """jit of the vmapped ``(params, opt_state, carry, inputs, targets, keys, weights, hyper,
-    active) -> (params, opt_state, carry, metrics, active)``: a trial updates only while active
-    and finite."""
+    """jit of the vmapped ``(params, opt_state, carry, inputs, targets, dropout_bases, weights,
+    hyper, active, step) -> (params, opt_state, carry, metrics, active)``: a trial updates only
+    while active and finite; its dropout key is ``fold_in(its dropout base, step)``, as in a plain run."""
     step = train.train_step_fn(model, config.train.loss_reduction)
 
-    def one(params, opt_state, carry, inputs, targets, key, weights, hyper, active):
+    def one(params, opt_state, carry, inputs, targets, dropout_base, weights, hyper, active, at):
+        key = jax.random.fold_in(dropout_base, at) if with_keys else None
         optimizer = train.make_optimizer(config, steps_per_epoch, num_steps,
                                          learning_rate=hyper["learning_rate"], max_norm=hyper["max_norm"])
         new = step(params, opt_state, carry, inputs, targets, key, weights, optimizer, hyper["max_norm"])
@@ -103,7 +104,7 @@ def _make_step(model, config, steps_per_epoch: int, num_steps: int, per_trial_da
         return params, opt_state, carry, metrics, keep
 
     d = 0 if per_trial_data else None
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, d, d, 0 if with_keys else None, d, 0, 0)))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, d, d, 0 if with_keys else None, d, 0, 0, None)))
 
 
 def _resume(checkpoints, params_list, states, log):
@@ -168,6 +169,7 @@ def train_trials(configs, workdirs, *, log=None) -> list:
     hyper = {name: jnp.asarray([float(c.optim[name]) for c in configs], jnp.float32)
              for name in ("learning_rate", "max_norm")}
     keys = [jax.random.split(jax.random.PRNGKey(c.seed), 3) for c in configs]  # init, dropout, sample
+    dropout_bases = jnp.stack([key[1] for key in keys]) if model.dropout > 0 else None
     params_list = [m.init(key[0]) for m, key in zip(models, keys)]
     states = [{"step": jnp.zeros((), jnp.int32),
                "opt_state": train.make_optimizer(c, steps_per_epoch, num_steps).init(p),
@@ -290,10 +292,8 @@ def train_trials(configs, workdirs, *, log=None) -> list:
                 inputs, targets = np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
                 weights = np.stack([b[2] for b in batches]) if len(batches[0]) == 3 else None
                 carry = zero_carry
-            dropout_keys = (jnp.stack([jax.random.fold_in(key[1], step) for key in keys])
-                            if model.dropout > 0 else None)
             params, opt_state, carry, metrics, active_dev = vstep(
-                params, opt_state, carry, inputs, targets, dropout_keys, weights, hyper, active_dev)
+                params, opt_state, carry, inputs, targets, dropout_bases, weights, hyper, active_dev, step)
             step += 1
             pending.append((step, metrics))
             last = step == num_steps
