@@ -119,6 +119,64 @@ def ours(cell_spec: str, impl: str, b: int, t: int, h: int, unroll: int) -> Time
     return _timed_jax(f"rnn_jax {cell_spec} ({impl})", _jax_sgd_step(loss), params, xs, target)
 
 
+def matmul_floor(cell_spec: str, b: int, t: int, h: int) -> Timed:
+    """The training step's matmuls alone, as XLA runs them (see :func:`floor_step`)."""
+    step, params, xs = floor_step(cell_spec, b, t, h)
+    return _timed_jax(f"XLA matmuls alone ({cell_spec})", jax.jit(step, donate_argnums=(0,)),
+                      params, xs, None)
+
+
+def floor_step(cell_spec: str, b: int, t: int, h: int):
+    """``(step, params, xs)``: a training step made of the cell's matmuls alone.
+
+    The same matmuls as the fused layer (the input projection over all steps, the per-step
+    recurrent matmuls forward and backward, and the weight and input gradients as single large
+    matmuls after the loop), with only trivial elementwise work to chain the steps and the
+    per-step stores the weight gradients need. Same FLOP count as the cell's training step.
+    """
+    name, options = parse_cell(cell_spec)
+    cell = cells_lib.get(name, **options)
+    spec = cell.param_spec(h, h)
+    g_in = sum(shape[1] for shape, kind in spec.values() if kind == "input")
+    outs = [sum(spec[n][0][1] for n in group) for group in cell.recurrent_groups]
+    if g_in % h or any(o % h or o > g_in for o in outs):
+        raise ValueError(f"--floor needs matrix widths that are multiples of the hidden size, recurrent ones"
+                         f" no wider than the input projection; {cell_spec} has input width {g_in} and"
+                         f" recurrent widths {outs}")
+    keys = jax.random.split(jax.random.PRNGKey(0), 2 + len(outs))
+    params = {"Wx": 0.05 * jax.random.normal(keys[0], (h, g_in)),
+              "Ws": [0.05 * jax.random.normal(k, (h, o)) for k, o in zip(keys[2:], outs)]}
+    xs = jax.random.normal(keys[1], (t * b, h))
+
+    def chunks_sum(u):  # [B, k·H] -> [B, H]; uses every column, so no matmul can be narrowed
+        return u.reshape(u.shape[0], -1, h).sum(1)
+
+    def step(params, xs, target):
+        del target
+        wx, ws = params["Wx"], params["Ws"]
+        xin = (xs @ wx).reshape(t, b, g_in)
+
+        def forward(hid, x_t):
+            return 0.1 * sum(chunks_sum(hid @ w) for w in ws) + 0.5 * x_t[:, :h], hid
+
+        _, hs = jax.lax.scan(forward, jnp.zeros((b, h)), xin)
+        w_ts = [w.T for w in ws]
+
+        def backward(dh, x_t):
+            dus = [jnp.tile(dh, (1, o // h)) * x_t[:, :o] for o in outs]
+            d_prev = 0.1 * sum(du @ w_t for du, w_t in zip(dus, w_ts))
+            return d_prev, (jnp.tile(dh, (1, g_in // h)) * x_t, dus)
+
+        _, (d_xin, d_us) = jax.lax.scan(backward, jnp.ones((b, h)), xin, reverse=True)
+        hs = hs.reshape(-1, h)
+        grads = {"Wx": xs.T @ d_xin.reshape(-1, g_in),
+                 "Ws": [hs.T @ du.reshape(-1, o) for du, o in zip(d_us, outs)]}
+        dxs = d_xin.reshape(-1, g_in) @ wx.T
+        return jax.tree.map(lambda p, g: p - LR * g, params, grads), dxs
+
+    return step, params, xs
+
+
 def flax_baseline(kind: str, b: int, t: int, h: int, unroll: int) -> Timed:
     import flax.linen as nn
 
@@ -178,8 +236,12 @@ def measure(timed: list[Timed], steps: int, rounds: int, progress=print) -> dict
 
 
 def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines: list[str],
-              steps: int, rounds: int, unroll: int = 1, progress=print) -> list[dict]:
-    """Runs the benchmark and returns one row per (config, implementation)."""
+              steps: int, rounds: int, unroll: int = 1, progress=print, floor: bool = False) -> list[dict]:
+    """Runs the benchmark and returns one row per (config, implementation).
+
+    With ``floor``, each cell also gets a :func:`matmul_floor` row (compared with the baselines
+    like the other rows: its ratio bounds what any implementation built on XLA's matmuls reaches).
+    """
     rows = []
     for spec in configs:
         b, t, h = parse_config(spec)
@@ -188,6 +250,8 @@ def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines:
             kind = cell_name if cell_name in ("lstm", "gru") else None
             progress(f"{spec} (B{b} T{t} H{h}) {cell_spec}: compiling")
             timed = [ours(cell_spec, impl, b, t, h, unroll) for impl in impls]
+            if floor:
+                timed.append(matmul_floor(cell_spec, b, t, h))
             base_names = []
             if kind and "flax" in baselines:
                 timed.append(flax_baseline(kind, b, t, h, unroll))
@@ -313,6 +377,7 @@ flags.DEFINE_list("impls", ["fused"], f"rnn_jax implementations: {', '.join(laye
 flags.DEFINE_list("baselines", ["flax", "torch"], "Baselines (lstm and gru only): flax, torch.")
 flags.DEFINE_integer("steps", 5, "Steps per implementation per round.")
 flags.DEFINE_integer("rounds", 5, "Interleaved rounds; the median is reported.")
+flags.DEFINE_bool("floor", False, "Also time each cell's matmuls alone, as XLA runs them (a floor).")
 flags.DEFINE_integer("unroll", 1, "lax.scan unroll for the JAX implementations.")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: number of cores).")
 flags.DEFINE_string("json_out", "", "Also write the rows and the environment to this JSON file.")
@@ -352,7 +417,8 @@ def main(argv):
     env = environment()
     print(json.dumps(env))
     rows = benchmark(FLAGS.cells, FLAGS.configs, FLAGS.impls, FLAGS.baselines, FLAGS.steps,
-                     FLAGS.rounds, FLAGS.unroll, progress=lambda s: print(s, file=sys.stderr, flush=True))
+                     FLAGS.rounds, FLAGS.unroll, progress=lambda s: print(s, file=sys.stderr, flush=True),
+                     floor=FLAGS.floor)
     print(format_table(rows))
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Mapping, NamedTuple
+from typing import Any, ClassVar, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -173,7 +173,16 @@ class Cell:
 
     Subclasses define ``param_spec``, ``step`` (reference), ``project_inputs``,
     ``recurrent_step``, ``recurrent_groups`` and ``loop_params``.
+
+    ``inputs_only_added``: a subclass sets it to True when ``recurrent_step`` uses every entry of
+    ``xin`` only as a term added to a pre-activation (never multiplied, nor read after a
+    nonlinearity that bypasses ``ops``), so that gradients never need the values of ``xin``.
+    The fused layer then stores each step's saved activations over that step's ``xin``
+    instead of in fresh buffers. The default, False, is always correct; a wrong True gives
+    wrong gradients, which the fused-versus-reference gradient tests catch.
     """
+
+    inputs_only_added: ClassVar[bool] = False
 
     name: str = "cell"
     kernel_init: Any = "uniform"
@@ -366,6 +375,8 @@ class SimpleRNNCell(Cell):
 
     activation: str = "tanh"
 
+    inputs_only_added = True
+
     def __post_init__(self):
         super().__post_init__()
         _check_choice(self.name, "activation", self.activation, tuple(_ACTIVATIONS))
@@ -449,6 +460,11 @@ class LSTMCell(Cell):
 
     _hidden_param = "W_hg"
     _input_param = "W_xg"
+
+    @property
+    def inputs_only_added(self):
+        # Without the tanh on g, c' = f c + i (x W_xg + ...) multiplies an input term.
+        return self.input_activation
 
     def __post_init__(self):
         super().__post_init__()
@@ -601,6 +617,8 @@ class GRUCell(Cell):
     """
 
     reset_after: bool = False
+
+    inputs_only_added = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -785,6 +803,8 @@ class MUT2Cell(_MUTCell):
     _input_param = "W_xz"
     recurrent_groups = (("W_hz", "W_hr"), ("W_hh",))
 
+    inputs_only_added = True  # x W_xz, x W_xh and x are added to pre-activations
+
     def param_spec(self, input_size, hidden_size):
         spec = {
             "W_xz": ((input_size, hidden_size), "input"),
@@ -837,6 +857,7 @@ class MUT3Cell(_MUTCell):
     9
     """
 
+    inputs_only_added = True
     _raw_input = False
     _input_param = "W_xz"
     recurrent_groups = (("W_hz",), ("W_hr",), ("W_hh",))

@@ -246,9 +246,18 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
         # once and shared instead of being written to a second [T, B, ...] buffer.
         alias, alias_a = {}, {}
 
+        # When the cell only adds its projected inputs (``inputs_only_added``), the backward pass
+        # never reads their values: each step's slot of ``xin`` is then overwritten with that
+        # step's gradient, so the reverse scan needs no fresh [T, B, ...] output buffer (nor the
+        # zero fill XLA gives one). The replay gets zeros in place of the (unused) inputs, so
+        # nothing reads the buffer that is being written.
+        in_place = cell.inputs_only_added
+
         def body(acc, inp):
-            d_carry, d_lp = acc
-            carry_t, xin_t, masks_t, us_t, acts_t, d_out_t = inp
+            d_carry, d_lp, buf = acc
+            t, carry_t, xin_t, masks_t, us_t, acts_t, d_out_t = inp
+            if in_place:
+                xin_t = jax.tree.map(lambda b: jnp.zeros(b.shape[1:], b.dtype), buf)
             ops = _ReplayOps(us_t, acts_t, w_ts, index)
 
             def replayed(carry, xin_t, lp, us_t):
@@ -260,11 +269,18 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
             d_lp = jax.tree.map(jnp.add, d_lp, d_lp_t)
             own_du = _split_known(d_us_t, jax.tree.leaves(d_xin_t), alias)
             own_a = _split_known(a_t, jax.tree.leaves(carry_t), alias_a)
-            return (d_carry_prev, d_lp), (d_xin_t, own_du, own_a)
+            if not in_place:
+                return (d_carry_prev, d_lp, buf), (d_xin_t, own_du, own_a)
+            buf = jax.tree.map(lambda b, d: lax.dynamic_update_index_in_dim(b, d, t, 0), buf, d_xin_t)
+            return (d_carry_prev, d_lp, buf), (None, own_du, own_a)
 
-        init = (d_final, jax.tree.map(jnp.zeros_like, lp))
-        (d_carry0, d_lp), (d_xin, d_own, a_own) = lax.scan(
-            body, init, (carries_in, xin, masks, us, acts, d_outs), reverse=True, unroll=unroll)
+        steps = jnp.arange(jax.tree.leaves(xin)[0].shape[0])
+        init = (d_final, jax.tree.map(jnp.zeros_like, lp), xin if in_place else None)
+        (d_carry0, d_lp, buf), (d_xin, d_own, a_own) = lax.scan(
+            body, init, (steps, carries_in, None if in_place else xin, masks, us, acts, d_outs),
+            reverse=True, unroll=unroll)
+        if in_place:
+            d_xin = buf
         d_us = _merge_known(d_own, jax.tree.leaves(d_xin), alias)
         a_s = _merge_known(a_own, jax.tree.leaves(carries_in), alias_a)
         # One matmul input per group per step: each dW is a single [in, T·B] @ [T·B, out] matmul.

@@ -1,5 +1,7 @@
 """The benchmark's plumbing on a tiny shape (it measures; this only checks that it runs and counts)."""
 
+import jax
+import numpy as np
 import pytest
 
 from experiments import benchmark
@@ -28,11 +30,37 @@ def test_parse_cell():
 
 def test_tiny_benchmark_produces_rows_with_ratios():
     rows = benchmark.benchmark(["lstm"], ["2x3x4"], ["fused"], ["flax"], steps=1, rounds=1,
-                               progress=lambda s: None)
+                               progress=lambda s: None, floor=True)
     names = [r["impl"] for r in rows]
-    assert names == ["rnn_jax lstm (fused)", "flax OptimizedLSTMCell"]
-    ours = rows[0]
+    assert names == ["rnn_jax lstm (fused)", "XLA matmuls alone (lstm)", "flax OptimizedLSTMCell"]
+    ours, floor = rows[0], rows[1]
     assert ours["ms_per_step"] > 0 and ours["compile_s"] > 0
-    assert ours["speedup_vs[flax OptimizedLSTMCell]"] == pytest.approx(rows[1]["ms_per_step"] / ours["ms_per_step"])
+    assert ours["speedup_vs[flax OptimizedLSTMCell]"] == pytest.approx(rows[2]["ms_per_step"] / ours["ms_per_step"])
+    assert floor["ms_per_step"] > 0 and "speedup_vs[flax OptimizedLSTMCell]" in floor
     table = benchmark.format_table(rows)
     assert "| 2x3x4 B2 T3 H4 | lstm | rnn_jax lstm (fused) |" in table
+
+
+def _dot_flops(jaxpr) -> int:
+    """Matmul FLOPs of a jaxpr, counting each scan body ``length`` times."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[d] for d in contract]))
+        for name, sub in eqn.params.items():
+            subs = sub if isinstance(sub, (list, tuple)) else [sub]
+            for j in subs:
+                inner = getattr(j, "jaxpr", j)
+                if hasattr(inner, "eqns"):
+                    total += _dot_flops(inner) * (eqn.params["length"] if eqn.primitive.name == "scan" else 1)
+    return total
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "mut1"])
+def test_floor_step_does_the_training_steps_matmul_flops(cell):
+    b, t, h = 2, 3, 4
+    step, params, xs = benchmark.floor_step(cell, b, t, h)
+    counted = _dot_flops(jax.make_jaxpr(step)(params, xs, None).jaxpr)
+    assert counted == 3 * benchmark.matmul_flops_forward(cells.get(cell), b, t, h)
