@@ -11,7 +11,10 @@ Everything here is built on :func:`rnn`. Its fast path (``impl="fused"``, the de
    each step's elementwise part from them (no matmul is recomputed), propagates ``dh`` with one
    ``du @ Wᵀ`` per group and step, and emits the per-step matmul inputs ``a_t`` and gate gradients
    ``du_t``. Each ``dW = Σ_t a_tᵀ du_t`` is then a single large matmul over ``T·B`` rows, instead of
-   ``T`` small rank-``B`` updates accumulated inside the loop.
+   ``T`` small rank-``B`` updates accumulated inside the loop. For cells that only add their
+   projected inputs (``Cell.inputs_only_added``) the reverse scan writes each step's input
+   gradient over that step's projected inputs, which the backward pass never reads, instead of
+   into a fresh (zero-filled) ``[T, B, ...]`` buffer.
 
 ``impl="autodiff"`` keeps steps 1-2 but differentiates the scan with plain autodiff;
 ``impl="reference"`` scans ``cell.step`` (the per-gate equations) with plain autodiff. Tests pin
