@@ -121,18 +121,20 @@ def ours(cell_spec: str, impl: str, b: int, t: int, h: int, unroll: int) -> Time
 
 def matmul_floor(cell_spec: str, b: int, t: int, h: int) -> Timed:
     """The training step's matmuls alone, as XLA runs them (see :func:`floor_step`)."""
-    step, params, xs = floor_step(cell_spec, b, t, h)
+    step, params, xs, v = floor_step(cell_spec, b, t, h)
     return _timed_jax(f"XLA matmuls alone ({cell_spec})", jax.jit(step, donate_argnums=(0,)),
-                      params, xs, None)
+                      params, xs, v)
 
 
 def floor_step(cell_spec: str, b: int, t: int, h: int):
-    """``(step, params, xs)``: a training step made of the cell's matmuls alone.
+    """``(step, params, xs, v)``: a training step ``step(params, xs, v)`` of the cell's matmuls alone.
 
     The same matmuls as the fused layer (the input projection over all steps, the per-step
     recurrent matmuls forward and backward, and the weight and input gradients as single large
-    matmuls after the loop), with only trivial elementwise work to chain the steps and the
-    per-step stores the weight gradients need. Same FLOP count as the cell's training step.
+    matmuls after the loop), with only trivial elementwise work to chain the steps. Its memory
+    traffic is at most the fused layer's: the forward pass saves only ``h``, the reverse scan
+    writes the input gradient over the projected inputs, and a group's output gradient is that
+    same buffer when their widths match. Same matmul FLOPs as the cell's training step.
     """
     name, options = parse_cell(cell_spec)
     cell = cells_lib.get(name, **options)
@@ -143,16 +145,19 @@ def floor_step(cell_spec: str, b: int, t: int, h: int):
         raise ValueError(f"--floor needs matrix widths that are multiples of the hidden size, recurrent ones"
                          f" no wider than the input projection; {cell_spec} has input width {g_in} and"
                          f" recurrent widths {outs}")
-    keys = jax.random.split(jax.random.PRNGKey(0), 2 + len(outs))
+    keys = jax.random.split(jax.random.PRNGKey(0), 3 + len(outs))
     params = {"Wx": 0.05 * jax.random.normal(keys[0], (h, g_in)),
-              "Ws": [0.05 * jax.random.normal(k, (h, o)) for k, o in zip(keys[2:], outs)]}
+              "Ws": [0.05 * jax.random.normal(k, (h, o)) for k, o in zip(keys[3:], outs)]}
     xs = jax.random.normal(keys[1], (t * b, h))
+    v = jax.random.normal(keys[2], (g_in,))
+    # The first group's output gradient is the input gradient itself when they are as wide (as
+    # in the fused layer, where that group's output is added to the projected inputs).
+    shared = [k == 0 and o == g_in for k, o in enumerate(outs)]
 
     def chunks_sum(u):  # [B, k·H] -> [B, H]; uses every column, so no matmul can be narrowed
         return u.reshape(u.shape[0], -1, h).sum(1)
 
-    def step(params, xs, target):
-        del target
+    def step(params, xs, v):
         wx, ws = params["Wx"], params["Ws"]
         xin = (xs @ wx).reshape(t, b, g_in)
 
@@ -162,19 +167,28 @@ def floor_step(cell_spec: str, b: int, t: int, h: int):
         _, hs = jax.lax.scan(forward, jnp.zeros((b, h)), xin)
         w_ts = [w.T for w in ws]
 
-        def backward(dh, x_t):
-            dus = [jnp.tile(dh, (1, o // h)) * x_t[:, :o] for o in outs]
+        def backward(state, inp):
+            dh, buf = state
+            i, h_t = inp
+            d_xin_t = jnp.tile(dh * h_t, (1, g_in // h)) * v
+            # distinct factors keep equally wide groups' gradients distinct values
+            dus = [d_xin_t if sh else d_xin_t[:, :o] * (k + 2.0)
+                   for k, (o, sh) in enumerate(zip(outs, shared))]
             d_prev = 0.1 * sum(du @ w_t for du, w_t in zip(dus, w_ts))
-            return d_prev, (jnp.tile(dh, (1, g_in // h)) * x_t, dus)
+            buf = jax.lax.dynamic_update_index_in_dim(buf, d_xin_t, i, 0)
+            return (d_prev, buf), [du for du, sh in zip(dus, shared) if not sh]
 
-        _, (d_xin, d_us) = jax.lax.scan(backward, jnp.ones((b, h)), xin, reverse=True)
+        (_, d_xin), own = jax.lax.scan(backward, (jnp.ones((b, h)), xin), (jnp.arange(t), hs),
+                                       reverse=True)
+        d_us = [d_xin if sh else own.pop(0) for sh in shared]
+        d_xin = d_xin.reshape(-1, g_in)
         hs = hs.reshape(-1, h)
-        grads = {"Wx": xs.T @ d_xin.reshape(-1, g_in),
+        grads = {"Wx": xs.T @ d_xin,
                  "Ws": [hs.T @ du.reshape(-1, o) for du, o in zip(d_us, outs)]}
-        dxs = d_xin.reshape(-1, g_in) @ wx.T
+        dxs = d_xin @ wx.T
         return jax.tree.map(lambda p, g: p - LR * g, params, grads), dxs
 
-    return step, params, xs
+    return step, params, xs, v
 
 
 def flax_baseline(kind: str, b: int, t: int, h: int, unroll: int) -> Timed:

@@ -177,9 +177,10 @@ class Cell:
     ``inputs_only_added``: a subclass sets it to True when ``recurrent_step`` uses every entry of
     ``xin`` only as a term added to a pre-activation (never multiplied, nor read after a
     nonlinearity that bypasses ``ops``), so that gradients never need the values of ``xin``.
-    The fused layer then stores each step's saved activations over that step's ``xin``
-    instead of in fresh buffers. The default, False, is always correct; a wrong True gives
-    wrong gradients, which the fused-versus-reference gradient tests catch.
+    The fused layer's reverse scan then writes each step's input gradient over that step's
+    ``xin`` instead of into a fresh buffer. The default, False, is always correct; a wrong True
+    gives wrong gradients, which the fused-versus-reference gradient tests catch. Subclasses
+    inherit the value: one that overrides ``recurrent_step`` should state it again.
     """
 
     inputs_only_added: ClassVar[bool] = False

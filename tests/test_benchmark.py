@@ -58,9 +58,9 @@ def _dot_flops(jaxpr) -> int:
     return total
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "mut1"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "mut1", "mut3", "fgr"])
 def test_floor_step_does_the_training_steps_matmul_flops(cell):
     b, t, h = 2, 3, 4
-    step, params, xs = benchmark.floor_step(cell, b, t, h)
-    counted = _dot_flops(jax.make_jaxpr(step)(params, xs, None).jaxpr)
+    step, params, xs, v = benchmark.floor_step(cell, b, t, h)
+    counted = _dot_flops(jax.make_jaxpr(step)(params, xs, v).jaxpr)
     assert counted == 3 * benchmark.matmul_flops_forward(cells.get(cell), b, t, h)
