@@ -69,6 +69,12 @@ def parse_cell(spec: str) -> tuple[str, dict]:
     return cells_lib.parse_spec(spec)
 
 
+def make_cell(spec: str) -> cells_lib.Cell:
+    """The cell named by a :func:`parse_cell` spec."""
+    name, options = parse_cell(spec)
+    return cells_lib.get(name, **options)
+
+
 def matmul_flops_forward(cell: cells_lib.Cell, batch: int, steps: int, size: int) -> float:
     spec = cell.param_spec(size, size)
     macs = sum(int(np.prod(shape)) for shape, kind in spec.values() if len(shape) == 2)
@@ -106,8 +112,7 @@ def _timed_jax(name, step, params, xs, target) -> Timed:
 
 
 def ours(cell_spec: str, impl: str, b: int, t: int, h: int, unroll: int) -> Timed:
-    name, options = parse_cell(cell_spec)
-    cell = cells_lib.get(name, **options)
+    cell = make_cell(cell_spec)
     params = cell.init(jax.random.PRNGKey(0), h, h)
     xs = jax.random.normal(jax.random.PRNGKey(1), (b, t, h))
     target = jax.random.normal(jax.random.PRNGKey(2), (b, t, h))
@@ -136,8 +141,7 @@ def floor_step(cell_spec: str, b: int, t: int, h: int):
     writes the input gradient over the projected inputs, and a group's output gradient is that
     same buffer when their widths match. Same matmul FLOPs as the cell's training step.
     """
-    name, options = parse_cell(cell_spec)
-    cell = cells_lib.get(name, **options)
+    cell = make_cell(cell_spec)
     spec = cell.param_spec(h, h)
     g_in = sum(shape[1] for shape, kind in spec.values() if kind == "input")
     outs = [sum(spec[n][0][1] for n in group) for group in cell.recurrent_groups]
@@ -253,14 +257,14 @@ def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines:
               steps: int, rounds: int, unroll: int = 1, progress=print, floor: bool = False) -> list[dict]:
     """Runs the benchmark and returns one row per (config, implementation).
 
-    With ``floor``, each cell also gets a :func:`matmul_floor` row (compared with the baselines
-    like the other rows: its ratio bounds what any implementation built on XLA's matmuls reaches).
+    With ``floor``, each cell also gets a :func:`matmul_floor` row, compared with the baselines
+    like the other rows (to within elementwise work, a bound for implementations on XLA's matmuls).
     """
     rows = []
     for spec in configs:
         b, t, h = parse_config(spec)
         for cell_spec in cells:
-            cell_name, options = parse_cell(cell_spec)
+            cell_name, _ = parse_cell(cell_spec)
             kind = cell_name if cell_name in ("lstm", "gru") else None
             progress(f"{spec} (B{b} T{t} H{h}) {cell_spec}: compiling")
             timed = [ours(cell_spec, impl, b, t, h, unroll) for impl in impls]
@@ -276,7 +280,7 @@ def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines:
                     timed.append(tb)
                     base_names.append(tb.name)
             times = measure(timed, steps, rounds, progress)
-            flops = 3 * matmul_flops_forward(cells_lib.get(cell_name, **options), b, t, h)
+            flops = 3 * matmul_flops_forward(make_cell(cell_spec), b, t, h)
             medians = {k: statistics.median(v) for k, v in times.items()}
             for x in timed:
                 ms = medians[x.name]

@@ -49,7 +49,7 @@ def _dot_flops(jaxpr) -> int:
             (contract, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
             total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[d] for d in contract]))
-        for name, sub in eqn.params.items():
+        for sub in eqn.params.values():
             subs = sub if isinstance(sub, (list, tuple)) else [sub]
             for j in subs:
                 inner = getattr(j, "jaxpr", j)
