@@ -7,7 +7,10 @@ Everything here is built on :func:`rnn`. Its fast path (``impl="fused"``, the de
 2. *Concatenated recurrent matmuls*: per-gate recurrent matrices that multiply the same vector are
    concatenated once per call, outside the loop (one ``[H, 4H]`` matmul per LSTM step).
 3. *Weight gradients after the loop*: the recurrence has a ``jax.custom_vjp``. The forward scan
-   saves the carry entering each step and the recurrent matmul outputs; the reverse scan replays
+   saves the carry entering each step, the recurrent matmul outputs and the nonlinearities'
+   outputs, except those the next step's carry gives (a gate that is part of the carry, or a
+   nonlinearity of a carry entry, like the LSTM's ``tanh c'``, recomputed from the next ``c``;
+   not under ``seq_lengths``, whose held carry is a new value); the reverse scan replays
    each step's elementwise part from them (no matmul is recomputed), propagates ``dh`` with one
    ``du @ Wᵀ`` per group and step, and emits the per-step matmul inputs ``a_t`` and gate gradients
    ``du_t``. Each ``dW = Σ_t a_tᵀ du_t`` is then a single large matmul over ``T·B`` rows, instead of
@@ -105,29 +108,38 @@ class _FastOps(cells_lib.Ops):
         return _fast_sigmoid(x)
 
 
+# The nonlinearities of the fused path, by the name of the ``Ops`` method.
+_ACTIVATION = {"sigmoid": _fast_sigmoid, "tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
 class _RecordOps(_FastOps):
-    """Forward pass of the fused layer: records every matmul and nonlinearity output."""
+    """Forward pass of the fused layer: records every matmul, and every nonlinearity's kind,
+    input and output."""
 
     def __init__(self, ws, index):
         super().__init__(ws, index)
         self.us, self.acts, self.groups = [], [], []
+        self.kinds, self.act_inputs = [], []
 
     def mm(self, names, a):
         self.groups.append(self.index[names])
         self.us.append(super().mm(names, a))
         return self.us[-1]
 
-    def sigmoid(self, x):
-        self.acts.append(_fast_sigmoid(x))
+    def _act(self, kind, x):
+        self.kinds.append(kind)
+        self.act_inputs.append(x)
+        self.acts.append(_ACTIVATION[kind](x))
         return self.acts[-1]
+
+    def sigmoid(self, x):
+        return self._act("sigmoid", x)
 
     def tanh(self, x):
-        self.acts.append(jnp.tanh(x))
-        return self.acts[-1]
+        return self._act("tanh", x)
 
     def relu(self, x):
-        self.acts.append(jax.nn.relu(x))
-        return self.acts[-1]
+        return self._act("relu", x)
 
 
 @jax.custom_vjp
@@ -215,6 +227,14 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
         return _apply_masks(lambda c: cell.recurrent_step(lp, ops, c, xin_t), carry, *masks_t,
                             all_carries)
 
+    # Nonlinearity outputs that the backward pass gets from the carry after the step instead of
+    # saving them: {k: (kind, j, applied)} for the k-th nonlinearity, whose output (applied
+    # False) or input (applied True: the output is recomputed) is leaf j of the new carry. For
+    # the LSTM, tanh(c') is recomputed from the next step's c. Filled in when ``forward`` is
+    # traced (the same for every trace of one layer: it depends on the cell and on which masks
+    # are given; a masked carry is a new value, so nothing is derived from it).
+    derived = {}
+
     def forward(ws, lp, carry0, xin, masks):
         def body(carry, inp):
             xin_t, masks_t = inp
@@ -225,10 +245,18 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
                 raise ValueError(
                     f"{cell.name}: recurrent_step must call ops.mm once per group, in the order of"
                     f" recurrent_groups {tuple(index)}; it called groups {ops.groups}")
-            return new, (out, carry, tuple(ops.us), tuple(ops.acts))
+            new_leaves = jax.tree.leaves(new)
+            derived.clear()
+            for k, (kind, x, y) in enumerate(zip(ops.kinds, ops.act_inputs, ops.acts)):
+                for j, leaf in enumerate(new_leaves):
+                    if leaf is y or leaf is x:
+                        derived[k] = (kind, j, leaf is x)
+                        break
+            saved = tuple(a for k, a in enumerate(ops.acts) if k not in derived)
+            return new, (out, carry, tuple(ops.us), saved)
 
         final, (outs, carries_in, us, acts) = lax.scan(body, carry0, (xin, masks), unroll=unroll)
-        return (final, outs), (carries_in, us, acts)
+        return (final, outs), (carries_in, us, acts, final)
 
     @jax.custom_vjp
     def run(ws, lp, carry0, xin, masks):
@@ -239,7 +267,7 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
         return primal, (ws, lp, xin, masks) + saved
 
     def run_bwd(res, cts):
-        ws, lp, xin, masks, carries_in, us, acts = res
+        ws, lp, xin, masks, carries_in, us, acts, final = res
         d_final, d_outs = cts
         w_ts = tuple(w.T for w in ws)
 
@@ -257,10 +285,18 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
         in_place = cell.inputs_only_added
 
         def body(acc, inp):
-            d_carry, d_lp, buf = acc
+            d_carry, d_lp, buf, carry_next = acc
             t, carry_t, xin_t, masks_t, us_t, acts_t, d_out_t = inp
             if in_place:
                 xin_t = jax.tree.map(lambda b: jnp.zeros(b.shape[1:], b.dtype), buf)
+            next_leaves, saved_acts = jax.tree.leaves(carry_next), iter(acts_t)
+            acts_t = []
+            for k in range(len(derived) + len(acts)):
+                if k in derived:
+                    kind, j, applied = derived[k]
+                    acts_t.append(_ACTIVATION[kind](next_leaves[j]) if applied else next_leaves[j])
+                else:
+                    acts_t.append(next(saved_acts))
             ops = _ReplayOps(us_t, acts_t, w_ts, index)
 
             def replayed(carry, xin_t, lp, us_t):
@@ -272,14 +308,17 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
             d_lp = jax.tree.map(jnp.add, d_lp, d_lp_t)
             own_du = _split_known(d_us_t, jax.tree.leaves(d_xin_t), alias)
             own_a = _split_known(a_t, jax.tree.leaves(carry_t), alias_a)
+            # Only the derived nonlinearities need the carry after the step.
+            carry_next = carry_t if derived else None
             if not in_place:
-                return (d_carry_prev, d_lp, buf), (d_xin_t, own_du, own_a)
+                return (d_carry_prev, d_lp, buf, carry_next), (d_xin_t, own_du, own_a)
             buf = jax.tree.map(lambda b, d: lax.dynamic_update_index_in_dim(b, d, t, 0), buf, d_xin_t)
-            return (d_carry_prev, d_lp, buf), (None, own_du, own_a)
+            return (d_carry_prev, d_lp, buf, carry_next), (None, own_du, own_a)
 
         steps = jnp.arange(jax.tree.leaves(xin)[0].shape[0])
-        init = (d_final, jax.tree.map(jnp.zeros_like, lp), xin if in_place else None)
-        (d_carry0, d_lp, buf), (d_xin, d_own, a_own) = lax.scan(
+        init = (d_final, jax.tree.map(jnp.zeros_like, lp), xin if in_place else None,
+                final if derived else None)
+        (d_carry0, d_lp, buf, _), (d_xin, d_own, a_own) = lax.scan(
             body, init, (steps, carries_in, None if in_place else xin, masks, us, acts, d_outs),
             reverse=True, unroll=unroll)
         if in_place:

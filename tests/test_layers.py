@@ -99,6 +99,30 @@ def test_fused_gradients_with_all_carries_and_under_vmap(name):
         tree_allclose(jax.tree.map(lambda v: v[0], gv["fused"]), g["fused"], 1e-12)
 
 
+def _saved_per_step(cell, params, xs, **kwargs):
+    """Number of per-step ``[T, B, n]`` values the fused forward scan emits under ``jax.grad``."""
+    f = lambda p: jnp.sum(layers.rnn(cell, p, xs, **kwargs)[1])
+    scans = [e for e in jax.make_jaxpr(jax.grad(f))(params).jaxpr.eqns if e.primitive.name == "scan"]
+    return sum(v.aval.shape[:2] == (T, B) for v in scans[0].outvars)
+
+
+@pytest.mark.parametrize("name, derived", [("lstm", 1), ("fgr", 4), ("lstm_peep", 1), ("gru", 0)])
+def test_fused_takes_values_the_next_carry_gives_from_it(name, derived):
+    """Without length masks the forward scan does not save nonlinearity outputs that the next
+    step's carry gives (LSTM: tanh c', recomputed from the next c; FGR: also the gates i, f, o,
+    which are in the carry). Gradients, plain and with document resets, == reference path."""
+    with jax.enable_x64(True):
+        cell, params, xs, carry = setup(name, {}, seed=7)
+        full = jnp.full((B,), T)
+        assert (_saved_per_step(cell, params, xs, seq_lengths=full)
+                - _saved_per_step(cell, params, xs)) == derived
+        resets = jnp.zeros((B, T), bool).at[1, 2].set(True).at[0, 4].set(True)
+        for kwargs in ({}, {"resets": resets}):
+            g = {impl: jax.grad(make_loss(cell, impl, **kwargs), argnums=(0, 1, 2))(params, xs, carry)
+                 for impl in ("fused", "reference")}
+            tree_allclose(g["fused"], g["reference"], 1e-10)
+
+
 def _lstm64(seed=0):
     return setup("lstm", {}, seed)
 
