@@ -81,7 +81,38 @@ def matmul_flops_forward(cell: cells_lib.Cell, batch: int, steps: int, size: int
     return 2.0 * batch * steps * macs
 
 
-def _jax_sgd_step(loss_fn):
+def parse_xla_options(items: list[str]) -> dict:
+    """``["name=value", ...]`` -> XLA compile options for ``jax.jit(compiler_options=...)``;
+    ``true``/``false`` become booleans and numbers numbers."""
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"invalid XLA option {item!r}: use name=value, e.g. xla_cpu_use_fusion_emitters=false")
+        value = value.strip()
+        if value.lower() in ("true", "false"):
+            options[name.strip()] = value.lower() == "true"
+            continue
+        for kind in (int, float):
+            try:
+                options[name.strip()] = kind(value)
+                break
+            except ValueError:
+                pass
+        else:
+            options[name.strip()] = value
+    return options
+
+
+def check_xla_options(options: dict) -> None:
+    """Compiles a trivial function with ``options``; raises ValueError naming a rejected one."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=options or None).lower(jnp.ones(2)).compile()
+    except Exception as e:  # XLA reports an unknown or ill-typed option when compiling
+        raise ValueError(f"XLA rejected the compile options {options}: {e}") from None
+
+
+def _jax_sgd_step(loss_fn, compiler_options: dict | None = None):
     """jit(params, xs) -> (params - lr·grad, dxs)."""
 
     def step(params, xs, target):
@@ -89,7 +120,7 @@ def _jax_sgd_step(loss_fn):
         params = jax.tree.map(lambda p, g: p - LR * g, params, grads)
         return params, dxs
 
-    return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options or None)
 
 
 def _timed_jax(name, step, params, xs, target) -> Timed:
@@ -111,7 +142,8 @@ def _timed_jax(name, step, params, xs, target) -> Timed:
     return Timed(name, run, compile_s)
 
 
-def ours(cell_spec: str, impl: str, b: int, t: int, h: int, unroll: int) -> Timed:
+def ours(cell_spec: str, impl: str, b: int, t: int, h: int, unroll: int,
+         compiler_options: dict | None = None) -> Timed:
     cell = make_cell(cell_spec)
     params = cell.init(jax.random.PRNGKey(0), h, h)
     xs = jax.random.normal(jax.random.PRNGKey(1), (b, t, h))
@@ -121,14 +153,15 @@ def ours(cell_spec: str, impl: str, b: int, t: int, h: int, unroll: int) -> Time
         _, hs = layers.rnn(cell, params, xs, impl=impl, unroll=unroll)
         return jnp.mean(hs * target)
 
-    return _timed_jax(f"rnn_jax {cell_spec} ({impl})", _jax_sgd_step(loss), params, xs, target)
+    return _timed_jax(f"rnn_jax {cell_spec} ({impl})", _jax_sgd_step(loss, compiler_options),
+                      params, xs, target)
 
 
-def matmul_floor(cell_spec: str, b: int, t: int, h: int) -> Timed:
+def matmul_floor(cell_spec: str, b: int, t: int, h: int, compiler_options: dict | None = None) -> Timed:
     """The training step's matmuls alone, as XLA runs them (see :func:`floor_step`)."""
     step, params, xs, v = floor_step(cell_spec, b, t, h)
-    return _timed_jax(f"XLA matmuls alone ({cell_spec})", jax.jit(step, donate_argnums=(0,)),
-                      params, xs, v)
+    jitted = jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options or None)
+    return _timed_jax(f"XLA matmuls alone ({cell_spec})", jitted, params, xs, v)
 
 
 def floor_step(cell_spec: str, b: int, t: int, h: int):
@@ -195,7 +228,8 @@ def floor_step(cell_spec: str, b: int, t: int, h: int):
     return step, params, xs, v
 
 
-def flax_baseline(kind: str, b: int, t: int, h: int, unroll: int) -> Timed:
+def flax_baseline(kind: str, b: int, t: int, h: int, unroll: int,
+                  compiler_options: dict | None = None) -> Timed:
     import flax.linen as nn
 
     cell = nn.OptimizedLSTMCell(h) if kind == "lstm" else nn.GRUCell(h)
@@ -208,7 +242,7 @@ def flax_baseline(kind: str, b: int, t: int, h: int, unroll: int) -> Timed:
         return jnp.mean(model.apply(params, xs) * target)
 
     label = "OptimizedLSTMCell" if kind == "lstm" else "GRUCell"
-    return _timed_jax(f"flax {label}", _jax_sgd_step(loss), params, xs, target)
+    return _timed_jax(f"flax {label}", _jax_sgd_step(loss, compiler_options), params, xs, target)
 
 
 def torch_baseline(kind: str, b: int, t: int, h: int) -> Timed | None:
@@ -254,11 +288,13 @@ def measure(timed: list[Timed], steps: int, rounds: int, progress=print) -> dict
 
 
 def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines: list[str],
-              steps: int, rounds: int, unroll: int = 1, progress=print, floor: bool = False) -> list[dict]:
+              steps: int, rounds: int, unroll: int = 1, progress=print, floor: bool = False,
+              compiler_options: dict | None = None) -> list[dict]:
     """Runs the benchmark and returns one row per (config, implementation).
 
     With ``floor``, each cell also gets a :func:`matmul_floor` row, compared with the baselines
     like the other rows (to within elementwise work, a bound for implementations on XLA's matmuls).
+    ``compiler_options`` go to every JAX implementation's ``jax.jit`` (ours, the floor, Flax).
     """
     rows = []
     for spec in configs:
@@ -267,12 +303,12 @@ def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines:
             cell_name, _ = parse_cell(cell_spec)
             kind = cell_name if cell_name in ("lstm", "gru") else None
             progress(f"{spec} (B{b} T{t} H{h}) {cell_spec}: compiling")
-            timed = [ours(cell_spec, impl, b, t, h, unroll) for impl in impls]
+            timed = [ours(cell_spec, impl, b, t, h, unroll, compiler_options) for impl in impls]
             if floor:
-                timed.append(matmul_floor(cell_spec, b, t, h))
+                timed.append(matmul_floor(cell_spec, b, t, h, compiler_options))
             base_names = []
             if kind and "flax" in baselines:
-                timed.append(flax_baseline(kind, b, t, h, unroll))
+                timed.append(flax_baseline(kind, b, t, h, unroll, compiler_options))
                 base_names.append(timed[-1].name)
             if kind and "torch" in baselines:
                 tb = torch_baseline(kind, b, t, h)
@@ -399,6 +435,9 @@ flags.DEFINE_bool("floor", False, "Also time each cell's matmuls alone, as XLA r
 flags.DEFINE_integer("unroll", 1, "lax.scan unroll for the JAX implementations.")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: number of cores).")
 flags.DEFINE_string("json_out", "", "Also write the rows and the environment to this JSON file.")
+flags.DEFINE_list("xla_options", [],
+                  "XLA compile options name=value for every JAX implementation's jax.jit, e.g."
+                  " xla_cpu_use_fusion_emitters=false (compiles faster on CPU).")
 
 
 def main(argv):
@@ -428,15 +467,21 @@ def main(argv):
         if base not in ("flax", "torch"):
             raise app.UsageError(f"--baselines: invalid {base!r}; allowed: flax, torch")
     try:
+        xla_options = parse_xla_options(FLAGS.xla_options)
+        check_xla_options(xla_options)
+    except ValueError as e:
+        raise app.UsageError(f"--xla_options: {e}")
+    try:
         import torch
         torch.set_num_threads(FLAGS.torch_threads or os.cpu_count())
     except ImportError:
         pass
     env = environment()
+    env["xla_options"] = xla_options
     print(json.dumps(env))
     rows = benchmark(FLAGS.cells, FLAGS.configs, FLAGS.impls, FLAGS.baselines, FLAGS.steps,
                      FLAGS.rounds, FLAGS.unroll, progress=lambda s: print(s, file=sys.stderr, flush=True),
-                     floor=FLAGS.floor)
+                     floor=FLAGS.floor, compiler_options=xla_options)
     print(format_table(rows))
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:

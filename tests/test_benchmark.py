@@ -28,6 +28,23 @@ def test_parse_cell():
         benchmark.parse_cell("lstm:reset_after=True")
 
 
+def test_xla_options_are_parsed_checked_and_reach_every_jit():
+    parsed = benchmark.parse_xla_options(["xla_cpu_use_fusion_emitters=false", "a=3", "b=0.5", "c=x"])
+    assert parsed == {"xla_cpu_use_fusion_emitters": False, "a": 3, "b": 0.5, "c": "x"}
+    with pytest.raises(ValueError, match="invalid XLA option 'novalue': use name=value"):
+        benchmark.parse_xla_options(["novalue"])
+    benchmark.check_xla_options({"xla_cpu_use_fusion_emitters": False})
+    bad = {"no_such_option": True}
+    with pytest.raises(ValueError, match="no_such_option"):
+        benchmark.check_xla_options(bad)
+    # every JAX implementation compiles with the options (an unknown one fails its compile)
+    for make in (lambda: benchmark.ours("lstm", "fused", 2, 3, 4, 1, bad),
+                 lambda: benchmark.matmul_floor("lstm", 2, 3, 4, bad),
+                 lambda: benchmark.flax_baseline("lstm", 2, 3, 4, 1, bad)):
+        with pytest.raises(Exception, match="no_such_option"):
+            make()
+
+
 def test_tiny_benchmark_produces_rows_with_ratios():
     rows = benchmark.benchmark(["lstm"], ["2x3x4"], ["fused"], ["flax"], steps=1, rounds=1,
                                progress=lambda s: None, floor=True)
