@@ -82,25 +82,27 @@ def matmul_flops_forward(cell: cells_lib.Cell, batch: int, steps: int, size: int
 
 
 def parse_xla_options(items: list[str]) -> dict:
-    """``["name=value", ...]`` -> XLA compile options for ``jax.jit(compiler_options=...)``;
-    ``true``/``false`` become booleans and numbers numbers."""
+    """``["name=value", ...]`` -> XLA compile options for ``jax.jit(compiler_options=...)``.
+
+    ``true``/``false`` become booleans and values with a decimal point or exponent floats (XLA
+    takes neither as a string); everything else stays a string, which XLA converts for integer
+    options.
+    """
     options = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name.strip():
+        name, value = name.strip(), value.strip()
+        if not sep or not name:
             raise ValueError(f"invalid XLA option {item!r}: use name=value, e.g. xla_cpu_use_fusion_emitters=false")
-        value = value.strip()
         if value.lower() in ("true", "false"):
-            options[name.strip()] = value.lower() == "true"
+            options[name] = value.lower() == "true"
             continue
-        for kind in (int, float):
+        options[name] = value
+        if any(c in value for c in ".eE"):
             try:
-                options[name.strip()] = kind(value)
-                break
+                options[name] = float(value)
             except ValueError:
                 pass
-        else:
-            options[name.strip()] = value
     return options
 
 
@@ -435,14 +437,18 @@ flags.DEFINE_bool("floor", False, "Also time each cell's matmuls alone, as XLA r
 flags.DEFINE_integer("unroll", 1, "lax.scan unroll for the JAX implementations.")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: number of cores).")
 flags.DEFINE_string("json_out", "", "Also write the rows and the environment to this JSON file.")
-flags.DEFINE_list("xla_options", [],
-                  "XLA compile options name=value for every JAX implementation's jax.jit, e.g."
-                  " xla_cpu_use_fusion_emitters=false (compiles faster on CPU).")
+flags.DEFINE_multi_string("xla_options", [],
+                          "An XLA compile option name=value for every JAX implementation's jax.jit"
+                          " (repeat the flag for several), e.g. xla_cpu_use_fusion_emitters=false"
+                          " (compiles faster on CPU).")
 
 
 def main(argv):
     del argv
     if FLAGS.what == "trials":
+        if FLAGS.xla_options:
+            raise app.UsageError("--xla_options applies to --what=steps only (the trials are"
+                                 " compiled by rnn_jax.train, with XLA's defaults)")
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
         if FLAGS.trials < 1 or FLAGS.trial_steps < 1:
             raise app.UsageError(f"--trials={FLAGS.trials} and --trial_steps={FLAGS.trial_steps} must be >= 1")

@@ -252,11 +252,12 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
                     if leaf is y or leaf is x:
                         derived[k] = (kind, j, leaf is x)
                         break
-            saved = tuple(a for k, a in enumerate(ops.acts) if k not in derived)
+            # A derived value is a None in its place, so the positions cannot drift.
+            saved = tuple(None if k in derived else a for k, a in enumerate(ops.acts))
             return new, (out, carry, tuple(ops.us), saved)
 
         final, (outs, carries_in, us, acts) = lax.scan(body, carry0, (xin, masks), unroll=unroll)
-        return (final, outs), (carries_in, us, acts, final)
+        return (final, outs), (carries_in, us, acts, final if derived else None)
 
     @jax.custom_vjp
     def run(ws, lp, carry0, xin, masks):
@@ -282,21 +283,20 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
         # step's gradient, so the reverse scan needs no fresh [T, B, ...] output buffer (nor the
         # zero fill XLA gives one). The replay gets zeros in place of the (unused) inputs, so
         # nothing reads the buffer that is being written.
-        in_place = cell.inputs_only_added
+        num_steps = jax.tree.leaves(xin)[0].shape[0]
+        in_place = cell.inputs_only_added and num_steps > 0
+        if sorted(k for k, a in enumerate(acts) if a is None) != sorted(derived):
+            raise AssertionError(f"{cell.name}: the saved nonlinearity outputs do not match the"
+                                 f" derived ones {derived}")  # cannot happen: one trace fills both
 
         def body(acc, inp):
             d_carry, d_lp, buf, carry_next = acc
             t, carry_t, xin_t, masks_t, us_t, acts_t, d_out_t = inp
             if in_place:
                 xin_t = jax.tree.map(lambda b: jnp.zeros(b.shape[1:], b.dtype), buf)
-            next_leaves, saved_acts = jax.tree.leaves(carry_next), iter(acts_t)
-            acts_t = []
-            for k in range(len(derived) + len(acts)):
-                if k in derived:
-                    kind, j, applied = derived[k]
-                    acts_t.append(_ACTIVATION[kind](next_leaves[j]) if applied else next_leaves[j])
-                else:
-                    acts_t.append(next(saved_acts))
+            next_leaves, acts_t = jax.tree.leaves(carry_next), list(acts_t)
+            for k, (kind, j, applied) in derived.items():
+                acts_t[k] = _ACTIVATION[kind](next_leaves[j]) if applied else next_leaves[j]
             ops = _ReplayOps(us_t, acts_t, w_ts, index)
 
             def replayed(carry, xin_t, lp, us_t):
@@ -304,6 +304,8 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
                 return step(lp, ops, carry, xin_t, masks_t), tuple(ops.inputs)
 
             _, vjp_fn, a_t = jax.vjp(replayed, carry_t, xin_t, lp, us_t, has_aux=True)
+            if ops.acts:  # the replay must use every saved or derived output, in order
+                raise AssertionError(f"{cell.name}: {len(ops.acts)} nonlinearity outputs left unused")
             d_carry_prev, d_xin_t, d_lp_t, d_us_t = vjp_fn((d_carry, d_out_t))
             d_lp = jax.tree.map(jnp.add, d_lp, d_lp_t)
             own_du = _split_known(d_us_t, jax.tree.leaves(d_xin_t), alias)
@@ -315,7 +317,7 @@ def _make_fused(cell: cells_lib.Cell, all_carries: bool, unroll: int):
             buf = jax.tree.map(lambda b, d: lax.dynamic_update_index_in_dim(b, d, t, 0), buf, d_xin_t)
             return (d_carry_prev, d_lp, buf, carry_next), (None, own_du, own_a)
 
-        steps = jnp.arange(jax.tree.leaves(xin)[0].shape[0])
+        steps = jnp.arange(num_steps)
         init = (d_final, jax.tree.map(jnp.zeros_like, lp), xin if in_place else None,
                 final if derived else None)
         (d_carry0, d_lp, buf, _), (d_xin, d_own, a_own) = lax.scan(

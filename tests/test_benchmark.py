@@ -29,8 +29,8 @@ def test_parse_cell():
 
 
 def test_xla_options_are_parsed_checked_and_reach_every_jit():
-    parsed = benchmark.parse_xla_options(["xla_cpu_use_fusion_emitters=false", "a=3", "b=0.5", "c=x"])
-    assert parsed == {"xla_cpu_use_fusion_emitters": False, "a": 3, "b": 0.5, "c": "x"}
+    parsed = benchmark.parse_xla_options(["xla_cpu_use_fusion_emitters=false", "a=3", "b=0.5", "c=x,y"])
+    assert parsed == {"xla_cpu_use_fusion_emitters": False, "a": "3", "b": 0.5, "c": "x,y"}
     with pytest.raises(ValueError, match="invalid XLA option 'novalue': use name=value"):
         benchmark.parse_xla_options(["novalue"])
     benchmark.check_xla_options({"xla_cpu_use_fusion_emitters": False})

@@ -100,27 +100,43 @@ def test_fused_gradients_with_all_carries_and_under_vmap(name):
 
 
 def _saved_per_step(cell, params, xs, **kwargs):
-    """Number of per-step ``[T, B, n]`` values the fused forward scan emits under ``jax.grad``."""
+    """Number of per-step ``[T, B, n]`` values the fused forward scan emits under ``jax.grad``
+    (the first scan of the jaxpr: the layer's forward scan, the only one before the reverse one)."""
     f = lambda p: jnp.sum(layers.rnn(cell, p, xs, **kwargs)[1])
     scans = [e for e in jax.make_jaxpr(jax.grad(f))(params).jaxpr.eqns if e.primitive.name == "scan"]
     return sum(v.aval.shape[:2] == (T, B) for v in scans[0].outvars)
 
 
-@pytest.mark.parametrize("name, derived", [("lstm", 1), ("fgr", 4), ("lstm_peep", 1), ("gru", 0)])
+# How many nonlinearity outputs each cell's next carry gives: the LSTM's tanh c' (recomputed from
+# the next c; for NOG it is also h itself), FGR's gates i, f, o (separate sigmoids, as FGR has
+# peepholes) and tanh c', the RNN's h; none for the GRU.
+@pytest.mark.parametrize("name, derived", [("lstm", 1), ("fgr", 4), ("nog", 1), ("rnn", 1), ("gru", 0)])
 def test_fused_takes_values_the_next_carry_gives_from_it(name, derived):
     """Without length masks the forward scan does not save nonlinearity outputs that the next
-    step's carry gives (LSTM: tanh c', recomputed from the next c; FGR: also the gates i, f, o,
-    which are in the carry). Gradients, plain and with document resets, == reference path."""
+    step's carry gives; gradients == reference, plain and (where some are derived) with resets,
+    reversed."""
     with jax.enable_x64(True):
         cell, params, xs, carry = setup(name, {}, seed=7)
         full = jnp.full((B,), T)
         assert (_saved_per_step(cell, params, xs, seq_lengths=full)
                 - _saved_per_step(cell, params, xs)) == derived
         resets = jnp.zeros((B, T), bool).at[1, 2].set(True).at[0, 4].set(True)
-        for kwargs in ({}, {"resets": resets}):
-            g = {impl: jax.grad(make_loss(cell, impl, **kwargs), argnums=(0, 1, 2))(params, xs, carry)
+        variants = [{}] + ([{"resets": resets, "reverse": True}] if derived else [])
+        for kwargs in variants:
+            g = {impl: jax.jit(jax.grad(make_loss(cell, impl, **kwargs), argnums=(0, 1, 2)))(params, xs, carry)
                  for impl in ("fused", "reference")}
             tree_allclose(g["fused"], g["reference"], 1e-10)
+
+
+@pytest.mark.parametrize("name", ["lstm", "mut1"])
+def test_zero_length_sequences(name):
+    """T = 0: the final carry is the initial one; both reverse scans (in place for lstm) run."""
+    with jax.enable_x64(True):
+        cell, params, xs, carry = setup(name, {}, seed=8)
+        g = {impl: jax.grad(make_loss(cell, impl), argnums=(0, 1, 2))(params, xs[:, :0], carry)
+             for impl in ("fused", "reference")}
+        tree_allclose(g["fused"], g["reference"], 1e-12)
+        assert all(float(jnp.abs(v).max()) == 0 for v in jax.tree.leaves(g["fused"][0]))
 
 
 def _lstm64(seed=0):
