@@ -114,6 +114,11 @@ def check_xla_options(options: dict) -> None:
         raise ValueError(f"XLA rejected the compile options {options}: {e}") from None
 
 
+def _jit_step(step, compiler_options: dict | None = None):
+    """``jax.jit`` of a ``step(params, ...) -> (params, ...)``, donating the parameters."""
+    return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options or None)
+
+
 def _jax_sgd_step(loss_fn, compiler_options: dict | None = None):
     """jit(params, xs) -> (params - lr·grad, dxs)."""
 
@@ -122,7 +127,7 @@ def _jax_sgd_step(loss_fn, compiler_options: dict | None = None):
         params = jax.tree.map(lambda p, g: p - LR * g, params, grads)
         return params, dxs
 
-    return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options or None)
+    return _jit_step(step, compiler_options)
 
 
 def _timed_jax(name, step, params, xs, target) -> Timed:
@@ -162,8 +167,8 @@ def ours(cell_spec: str, impl: str, b: int, t: int, h: int, unroll: int,
 def matmul_floor(cell_spec: str, b: int, t: int, h: int, compiler_options: dict | None = None) -> Timed:
     """The training step's matmuls alone, as XLA runs them (see :func:`floor_step`)."""
     step, params, xs, v = floor_step(cell_spec, b, t, h)
-    jitted = jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options or None)
-    return _timed_jax(f"XLA matmuls alone ({cell_spec})", jitted, params, xs, v)
+    return _timed_jax(f"XLA matmuls alone ({cell_spec})", _jit_step(step, compiler_options),
+                      params, xs, v)
 
 
 def floor_step(cell_spec: str, b: int, t: int, h: int):
