@@ -45,6 +45,7 @@ BPTT_MODES = ("truncated", "full")
 LOSS_REDUCTIONS = ("mean", "sum_time")
 DATA_KINDS = ("char", "ptb", "music") + data_lib.TASKS
 LOSS_ON = ("all", "scored")
+MUSIC_PROTOCOLS = ("pieces", "stream")
 SELECT_BY = ("valid_loss", "valid_accuracy")
 # Fields that may change when a run is resumed: they change logging, not the arithmetic (a moved
 # data file is allowed: the data's fingerprint in corpus.json is checked). The run length and the
@@ -91,6 +92,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if d.kind == "music" and not d.path:
         raise ValueError("config.data.path is empty: give a JSON or pickle file of piano rolls "
                          "({'train': [...], 'valid': [...], 'test': [...]})")
+    if d.kind == "music":
+        cfg.check_choice("data.protocol", d.get("protocol", "pieces"), MUSIC_PROTOCOLS)
+        if pieces_protocol(config) and t.bptt != "truncated":
+            raise ValueError("config.train.bptt = 'full' draws windows across piece boundaries; with "
+                             "data.protocol = 'pieces' use train.bptt = 'truncated' (each piece is "
+                             "trained from the zero state)")
     if d.kind == "ptb" and not d.dir:
         raise ValueError("config.data.dir is empty: give the directory with ptb.{train,valid,test}.txt")
     if d.kind in data_lib.TASKS:
@@ -149,6 +156,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          f"model.hidden_size={m.hidden_size}: {e}") from None
 
 
+def pieces_protocol(config) -> bool:
+    """Whether the run treats its sequences as independent pieces (music's default protocol): the
+    carry is reset at every piece start in training and evaluation, and no target crosses from one
+    piece to the next; ``data.protocol = "stream"`` concatenates them into one stream instead."""
+    return config.data.kind == "music" and config.data.get("protocol", "pieces") == "pieces"
+
+
 def load_data(data) -> data_lib.Corpus:
     """The corpus of a config's ``data`` block: a text corpus, or a generated task stream.
 
@@ -164,6 +178,14 @@ def load_data(data) -> data_lib.Corpus:
 
 def check_data_fits(config, corpus: data_lib.Corpus) -> None:
     t = config.train
+    if pieces_protocol(config):
+        for split in ("train", "valid", "test"):
+            lengths = np.diff(np.append(corpus.starts[split], len(corpus.split(split))))
+            if not (lengths >= 2).any():
+                raise ValueError(f"the {split} split has no piece of two frames or more "
+                                 f"({len(lengths)} pieces): nothing to predict with "
+                                 f"data.protocol = 'pieces'")
+        return
     need = t.batch_size * t.seq_len + 1
     if len(corpus.train) < need:
         raise ValueError(
@@ -289,10 +311,12 @@ def _nll_fn(model):
 
 def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float,
                     loss_reduction: str = "mean"):
-    """jit ``(params, opt_state, carry, inputs, targets, key, weights=None) -> (params, opt_state, carry, metrics)``.
+    """jit ``(params, opt_state, carry, inputs, targets, key, weights=None, resets=None) -> (params,
+    opt_state, carry, metrics)``.
 
     The incoming carry is a constant (``stop_gradient``): gradients flow through this chunk only.
     ``weights`` (``[B, T]``, 0/1) restricts the loss to some targets (a task's scored positions).
+    ``resets`` (``[B, T]``, bool) zeroes a sequence's carry before a step (piece starts).
     The differentiated loss is the mean NLL per token (``loss_reduction="mean"``) or, as in
     Zaremba et al.'s code, summed over time and averaged over the batch (``"sum_time"``); the
     logged ``loss`` is always the mean per token. ``finite`` says whether the loss, the gradient
@@ -301,30 +325,30 @@ def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float,
     step = train_step_fn(model, loss_reduction)
 
     @jax.jit
-    def train_step(params, opt_state, carry, inputs, targets, key, weights=None):
-        return step(params, opt_state, carry, inputs, targets, key, weights, optimizer, max_norm)
+    def train_step(params, opt_state, carry, inputs, targets, key, weights=None, resets=None):
+        return step(params, opt_state, carry, inputs, targets, key, weights, optimizer, max_norm, resets)
 
     return train_step
 
 
 def train_step_fn(model: lm_lib.LanguageModel, loss_reduction: str = "mean"):
-    """The step of :func:`make_train_step`, unjitted and with the optimizer and clip norm as the
-    last two arguments: ``(params, opt_state, carry, inputs, targets, key, weights, optimizer,
-    max_norm)``. Vmapped trials (:mod:`rnn_jax.trials`) map it over per-trial hyperparameters."""
+    """The step of :func:`make_train_step`, unjitted and with the optimizer and clip norm as
+    arguments: ``(params, opt_state, carry, inputs, targets, key, weights, optimizer, max_norm,
+    resets=None)``. Vmapped trials (:mod:`rnn_jax.trials`) map it over per-trial hyperparameters."""
     cfg.check_choice("train.loss_reduction", loss_reduction, LOSS_REDUCTIONS)
     nll = _nll_fn(model)
 
-    def loss_fn(params, carry, inputs, targets, key, weights):
-        logits, carry = model.apply(params, carry, inputs, dropout_key=key)
+    def loss_fn(params, carry, inputs, targets, key, weights, resets):
+        logits, carry = model.apply(params, carry, inputs, dropout_key=key, resets=resets)
         total, count = nll(logits, targets, weights)
         mean = total / jnp.maximum(count, 1.0)
         objective = mean * inputs.shape[1] if loss_reduction == "sum_time" else mean
         return objective, (mean, carry)
 
-    def step(params, opt_state, carry, inputs, targets, key, weights, optimizer, max_norm):
+    def step(params, opt_state, carry, inputs, targets, key, weights, optimizer, max_norm, resets=None):
         carry = jax.lax.stop_gradient(carry)
         (_, (loss, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, carry, inputs, targets, key, weights)
+            params, carry, inputs, targets, key, weights, resets)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -339,7 +363,8 @@ def train_step_fn(model: lm_lib.LanguageModel, loss_reduction: str = "mean"):
 
 
 def make_eval_fn(model: lm_lib.LanguageModel, with_correct: bool = False):
-    """jit ``(params, inputs[C,B,L], targets, weights) -> (nll_sum, count)`` over the whole stream.
+    """jit ``(params, inputs[C,B,L], targets, weights, resets=None) -> (nll_sum, count)`` over the
+    whole stream, the carry passed from chunk to chunk (and zeroed where ``resets[C,B,L]`` is true).
 
     With ``with_correct``, also ``correct[C,B,L]``: whether the most likely next token is the target.
     """
@@ -347,17 +372,17 @@ def make_eval_fn(model: lm_lib.LanguageModel, with_correct: bool = False):
     nll = _nll_fn(model)
 
     @jax.jit
-    def evaluate(params, inputs, targets, weights):
+    def evaluate(params, inputs, targets, weights, resets=None):
         def body(carry_and_sums, chunk):
             carry, total, count = carry_and_sums
-            x, y, w = chunk
-            logits, carry = model.apply(params, carry, x)
+            x, y, w, r = chunk
+            logits, carry = model.apply(params, carry, x, resets=r)
             t, c = nll(logits, y, w)
             correct = jnp.argmax(logits, axis=-1) == y if with_correct else None
             return (carry, total + t, count + c), correct
 
         init = (model.zero_carry(inputs.shape[1]), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (_, total, count), correct = jax.lax.scan(body, init, (inputs, targets, weights))
+        (_, total, count), correct = jax.lax.scan(body, init, (inputs, targets, weights, resets))
         return (total, count, correct) if with_correct else (total, count)
 
     return evaluate
@@ -371,6 +396,37 @@ def task_loss_mask(config, corpus) -> dict:
     return {}
 
 
+class TrainStreams:
+    """The training split laid out for truncated BPTT, for plain runs and vmapped trials alike:
+    ``batch_size`` contiguous streams of the token (or frame) stream, or, with the per-piece
+    protocol (:func:`pieces_protocol`), whole pieces packed into lanes (:class:`data.Lanes`) with
+    the carry reset at every piece start and no target across pieces.
+
+    ``batch(step)`` gives ``(inputs, targets, weights, resets, new_epoch)``; ``weights`` and
+    ``resets`` are ``None`` where every target counts and nothing resets.
+    """
+
+    def __init__(self, config, corpus, loss_mask: dict):
+        t = config.train
+        self.seq_len = t.seq_len
+        if pieces_protocol(config):
+            lanes = data_lib.Lanes.from_pieces(corpus.train, corpus.starts["train"], t.batch_size,
+                                               pad_to=t.seq_len)
+            self.streams, self.weights, self.resets = lanes, lanes.weights_BxS, lanes.resets_BxS
+        else:
+            self.streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
+            self.weights = data_lib.stream_weights(loss_mask["train"], t.batch_size) if loss_mask else None
+            self.resets = None
+        # one pass over the training data; random windows (train.bptt = "full") count the same
+        self.steps_per_epoch = self.streams.length // t.seq_len
+
+    def batch(self, step: int):
+        inputs, targets, new_epoch = data_lib.tbptt_batch(self.streams, step, self.seq_len)
+        weights, resets = (None if a is None else data_lib.batches.tbptt_chunk(a, step, self.seq_len)
+                           for a in (self.weights, self.resets))
+        return inputs, targets, weights, resets, new_epoch
+
+
 class Evaluator:
     """``evaluator(params, split)``: ``{"loss": ...}`` on the whole valid or test split, plus a
     task's accuracies. With ``trials=True`` the parameters have a leading trial axis (vmapped
@@ -382,16 +438,22 @@ class Evaluator:
         self.corpus, self.trials = corpus, trials
         self.is_task = isinstance(corpus, data_lib.TaskCorpus)
         evaluate = make_eval_fn(model, with_correct=self.is_task)
-        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None))) if trials else evaluate
+        self._evaluate = (jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None))) if trials
+                          else evaluate)
         self.data, self.positions = {}, {}
         for split, size in (("valid", t.eval_batch_size), ("test", t.test_batch_size or t.eval_batch_size)):
             tokens = corpus.split(split)
-            x, y, w = data_lib.eval_chunks(tokens, size, t.seq_len)
+            if pieces_protocol(config):  # each piece whole in one lane, from the zero state
+                lanes = data_lib.Lanes.from_pieces(tokens, corpus.starts[split], size)
+                x, y, w, r = (data_lib.to_chunks(a, t.seq_len) for a in (
+                    lanes.inputs_BxS, lanes.targets_BxS, lanes.weights_BxS, lanes.resets_BxS))
+            else:
+                (x, y, w), r = data_lib.eval_chunks(tokens, size, t.seq_len), None
             if self.is_task:
                 self.positions[split] = data_lib.eval_positions(len(tokens), size, t.seq_len)
                 if loss_mask:
                     w = w * loss_mask[split][np.maximum(self.positions[split], 0)]
-            data = tuple(map(jnp.asarray, (x, y, w)))  # on the device once
+            data = tuple(None if a is None else jnp.asarray(a) for a in (x, y, w, r))  # on the device once
             self.data[split] = place.split_batch(data, axis=1) if place is not None else data
 
     def __call__(self, params, split: str):
@@ -519,8 +581,12 @@ def corpus_fingerprint(corpus) -> dict:
             a = np.ascontiguousarray(a, np.float32)
             return hashlib.sha256(a.tobytes() + repr(a.shape).encode()).hexdigest()
         return hashlib.sha256(np.ascontiguousarray(a, np.int32).tobytes()).hexdigest()
-    return {split: {"tokens": int(len(corpus.split(split))), "sha256": digest(corpus.split(split))}
-            for split in ("train", "valid", "test")}
+    out = {split: {"tokens": int(len(corpus.split(split))), "sha256": digest(corpus.split(split))}
+           for split in ("train", "valid", "test")}
+    for split, starts in (getattr(corpus, "starts", None) or {}).items():  # piano rolls' pieces
+        out[split]["pieces"] = int(len(starts))
+        out[split]["pieces_sha256"] = digest(starts)
+    return out
 
 
 def _hms(seconds: float) -> str:
@@ -723,8 +789,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     t = config.train
     vocab = prepare_run_dir(config, corpus, workdir)
 
-    # one pass over the training tokens (the same count for streams and for random windows)
-    steps_per_epoch = data_lib.tbptt_steps_per_epoch(len(corpus.train), t.batch_size, t.seq_len)
+    loss_mask = task_loss_mask(config, corpus)
+    train_data = TrainStreams(config, corpus, loss_mask)
+    steps_per_epoch = train_data.steps_per_epoch
     num_steps = t.num_steps or t.num_epochs * steps_per_epoch
     eval_every = t.eval_every or steps_per_epoch
     checkpoint_every = t.checkpoint_every or steps_per_epoch
@@ -733,7 +800,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     train_step = make_train_step(model, optimizer, config.optim.max_norm, t.loss_reduction)
     word_level = vocab is not None and vocab.level == "word"
     select_by = t.get("select_by", "valid_loss")
-    loss_mask = task_loss_mask(config, corpus)
 
     key = jax.random.PRNGKey(config.seed)
     init_key, dropout_base, sample_base = jax.random.split(key, 3)
@@ -763,8 +829,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     state = {**state, "opt_state": place.replicate(state["opt_state"]),
              "carry": place.split_batch(state["carry"]), "sched": state["sched"]}
 
-    streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
-    train_weights = (data_lib.stream_weights(loss_mask["train"], t.batch_size) if loss_mask else None)
     eval_metrics = Evaluator(model, config, corpus, loss_mask, place)
     metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     samples_file = open(os.path.join(workdir, "samples.txt"), "a", encoding="utf-8")
@@ -824,12 +888,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     try:
         step = start
         while step < num_steps:
+            resets = None
             if t.bptt == "truncated":
-                inputs, targets, new_epoch = data_lib.tbptt_batch(streams, step, t.seq_len)
+                inputs, targets, weights, resets, new_epoch = train_data.batch(step)
                 carry = place.split_batch(model.zero_carry(t.batch_size)) if new_epoch else state["carry"]
-                weights = None
-                if train_weights is not None:
-                    weights = data_lib.batches.tbptt_chunk(train_weights, step, t.seq_len)
             else:
                 batch = data_lib.window_batch(corpus.train, config.seed, step, t.batch_size, t.seq_len,
                                               mask=loss_mask.get("train"))
@@ -838,9 +900,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
                 carry = place.split_batch(model.zero_carry(t.batch_size))
             # no dropout, no key: saves a host dispatch per step (the arithmetic is the same)
             dropout_key = jax.random.fold_in(dropout_base, step) if model.dropout > 0 else None
-            inputs, targets, weights = place.split_batch((inputs, targets, weights))
+            inputs, targets, weights, resets = place.split_batch((inputs, targets, weights, resets))
             params, opt_state, carry, metrics = train_step(
-                params, state["opt_state"], carry, inputs, targets, dropout_key, weights)
+                params, state["opt_state"], carry, inputs, targets, dropout_key, weights, resets)
             step += 1
             state = {**state, "step": jnp.asarray(step, jnp.int32), "opt_state": opt_state, "carry": carry}
             pending.append((step, metrics))

@@ -88,15 +88,16 @@ def _index(tree, i: int):
 def _make_step(model, config, steps_per_epoch: int, num_steps: int, per_trial_data: bool,
                with_keys: bool):
     """jit of the vmapped ``(params, opt_state, carry, inputs, targets, dropout_bases, weights,
-    hyper, active, step) -> (params, opt_state, carry, metrics, active)``: a trial updates only
+    resets, hyper, active, step) -> (params, opt_state, carry, metrics, active)``: a trial updates only
     while active and finite; its dropout key is ``fold_in(its dropout base, step)``, as in a plain run."""
     step = train.train_step_fn(model, config.train.loss_reduction)
 
-    def one(params, opt_state, carry, inputs, targets, dropout_base, weights, hyper, active, at):
+    def one(params, opt_state, carry, inputs, targets, dropout_base, weights, resets, hyper, active, at):
         key = jax.random.fold_in(dropout_base, at) if with_keys else None
         optimizer = train.make_optimizer(config, steps_per_epoch, num_steps,
                                          learning_rate=hyper["learning_rate"], max_norm=hyper["max_norm"])
-        new = step(params, opt_state, carry, inputs, targets, key, weights, optimizer, hyper["max_norm"])
+        new = step(params, opt_state, carry, inputs, targets, key, weights, optimizer, hyper["max_norm"],
+                   resets)
         metrics = new[3]
         keep = active & metrics["finite"]
         old = (params, opt_state, carry)
@@ -104,7 +105,7 @@ def _make_step(model, config, steps_per_epoch: int, num_steps: int, per_trial_da
         return params, opt_state, carry, metrics, keep
 
     d = 0 if per_trial_data else None
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, d, d, 0 if with_keys else None, d, 0, 0, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, d, d, 0 if with_keys else None, d, d, 0, 0, None)))
 
 
 def _resume(checkpoints, params_list, states, log):
@@ -153,7 +154,9 @@ def train_trials(configs, workdirs, *, log=None) -> list:
     for i in live:
         vocab = train.prepare_run_dir(configs[i], corpus, workdirs[i])
 
-    steps_per_epoch = data_lib.tbptt_steps_per_epoch(len(corpus.train), t.batch_size, t.seq_len)
+    loss_mask = train.task_loss_mask(config, corpus)
+    train_data = train.TrainStreams(config, corpus, loss_mask)
+    steps_per_epoch = train_data.steps_per_epoch
     num_steps = t.num_steps or t.num_epochs * steps_per_epoch
     eval_every = t.eval_every or steps_per_epoch
     checkpoint_every = t.checkpoint_every or steps_per_epoch
@@ -162,7 +165,6 @@ def train_trials(configs, workdirs, *, log=None) -> list:
     model = models[0]
     word_level = vocab is not None and vocab.level == "word"
     select_by = t.get("select_by", "valid_loss")
-    loss_mask = train.task_loss_mask(config, corpus)
     per_trial_data = t.bptt == "full"
     vstep = _make_step(model, config, steps_per_epoch, num_steps, per_trial_data, model.dropout > 0)
     evaluate = train.Evaluator(model, config, corpus, loss_mask, trials=True)
@@ -242,8 +244,6 @@ def train_trials(configs, workdirs, *, log=None) -> list:
         del params_list, states
         zero_carry = _stack([model.zero_carry(t.batch_size)] * k)
         active_dev = jnp.asarray(active)
-        streams = data_lib.Streams.from_tokens(corpus.train, t.batch_size)
-        train_weights = data_lib.stream_weights(loss_mask["train"], t.batch_size) if loss_mask else None
         pending: list = []
         last_valid = (None, None)  # (step, per-trial metrics) of the latest evaluation
         num_params = lm_lib.num_params(_index(params, 0))
@@ -279,13 +279,11 @@ def train_trials(configs, workdirs, *, log=None) -> list:
                     "carry": _index(carry, i), "sched": sched[i]}
 
         while step < num_steps and active.any():
+            resets = None
             if t.bptt == "truncated":
-                inputs, targets, new_epoch = data_lib.tbptt_batch(streams, step, t.seq_len)
+                inputs, targets, weights, resets, new_epoch = train_data.batch(step)
                 if new_epoch:
                     carry = zero_carry
-                weights = None
-                if train_weights is not None:
-                    weights = data_lib.batches.tbptt_chunk(train_weights, step, t.seq_len)
             else:
                 batches = [data_lib.window_batch(corpus.train, c.seed, step, t.batch_size, t.seq_len,
                                                  mask=loss_mask.get("train")) for c in configs]
@@ -293,7 +291,8 @@ def train_trials(configs, workdirs, *, log=None) -> list:
                 weights = np.stack([b[2] for b in batches]) if len(batches[0]) == 3 else None
                 carry = zero_carry
             params, opt_state, carry, metrics, active_dev = vstep(
-                params, opt_state, carry, inputs, targets, dropout_bases, weights, hyper, active_dev, step)
+                params, opt_state, carry, inputs, targets, dropout_bases, weights, resets, hyper, active_dev,
+                step)
             step += 1
             pending.append((step, metrics))
             last = step == num_steps

@@ -13,7 +13,9 @@ matrices, orthogonal recurrent ones, unit-scale embeddings); SGD with gradient c
 validation accuracy.
 
 ``task=ptb,data_path=DIR`` (Penn Treebank files) and ``task=music,data_path=FILE`` (piano rolls)
-use the same protocol, are selected by validation loss and report perplexity / NLL per time step.
+are selected by validation loss and report perplexity / NLL per frame. PTB is one stream like
+the generated tasks; music pieces are independent (``data.protocol="pieces"``: the state is reset
+at every piece start and each piece is scored from the zero state).
 
 Arg string: ``task=arithmetic,cell=lstm_f,hidden=128,layers=1,steps=2000,lr=0.5,init=1.0,
 max_norm=5,optimizer=sgd,init_style=uniform,digits=8,negative=0.5,distractors=3,train_chars=1000000,
@@ -61,8 +63,8 @@ def get_config(arg=None):
     if a.task == "ptb":  # word-level LM: perplexity; data_path is the directory of ptb.*.txt
         c.data.update(kind="ptb", dir=a.data_path)
         c.train.select_by = "valid_loss"
-    elif a.task == "music":  # piano rolls: NLL per time step; data_path is a JSON or pickle file
-        c.data.update(kind="music", path=a.data_path)
+    elif a.task == "music":  # piano rolls, independent pieces: NLL per frame; data_path: JSON or pickle
+        c.data.update(kind="music", path=a.data_path, protocol="pieces")
         c.train.select_by = "valid_loss"
     c.optim.update(name=a.optimizer, learning_rate=a.lr, max_norm=a.max_norm)
     c.optim.schedule.update(name="constant")

@@ -1,4 +1,5 @@
-"""Language-model batches: contiguous streams for truncated BPTT, random windows for full BPTT.
+"""Language-model batches: contiguous streams for truncated BPTT, random windows for full BPTT,
+and whole independent pieces packed into lanes (the per-piece protocol of polyphonic music).
 
 Data order is a pure function of ``(seed, step)`` (and the corpus), so a resumed run sees exactly
 the batches an uninterrupted run would.
@@ -86,6 +87,15 @@ def window_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_
     return tokens[idx], tokens[idx + 1], np.asarray(mask)[idx + 1].astype(np.float32)
 
 
+def to_chunks(array_BxS: np.ndarray, seq_len: int) -> np.ndarray:
+    """``[B, S, ...]`` as ``[num_chunks, B, seq_len, ...]``; the last chunk is padded with zeros."""
+    num_chunks = -(-array_BxS.shape[1] // seq_len)
+    pad = num_chunks * seq_len - array_BxS.shape[1]
+    a = np.pad(array_BxS, ((0, 0), (0, pad)) + ((0, 0),) * (array_BxS.ndim - 2))
+    a = a.reshape(array_BxS.shape[0], num_chunks, seq_len, *array_BxS.shape[2:])
+    return a.swapaxes(0, 1)
+
+
 def eval_chunks(tokens: np.ndarray, batch_size: int, seq_len: int):
     """The whole stream as ``[num_chunks, batch, seq_len]`` inputs, targets and a 0/1 weight.
 
@@ -93,16 +103,8 @@ def eval_chunks(tokens: np.ndarray, batch_size: int, seq_len: int):
     padded and its padding has weight 0. At most ``batch_size - 1`` tokens at the end are unused.
     """
     streams = Streams.from_tokens(tokens, batch_size)
-    num_chunks = -(-streams.length // seq_len)
-    pad = num_chunks * seq_len - streams.length
-
-    def chunk(a):
-        a = np.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2))
-        a = a.reshape(batch_size, num_chunks, seq_len, *a.shape[2:])
-        return a.swapaxes(0, 1)
-
     weights = np.ones(streams.inputs_BxS.shape[:2], dtype=np.float32)
-    return chunk(streams.inputs_BxS), chunk(streams.targets_BxS), chunk(weights)
+    return tuple(to_chunks(a, seq_len) for a in (streams.inputs_BxS, streams.targets_BxS, weights))
 
 
 def eval_positions(num_tokens: int, batch_size: int, seq_len: int) -> np.ndarray:
@@ -112,3 +114,50 @@ def eval_positions(num_tokens: int, batch_size: int, seq_len: int) -> np.ndarray
     pos = 1 + np.arange(batch_size)[:, None] * length + np.arange(length)[None, :]
     pos = np.pad(pos, ((0, 0), (0, num_chunks * seq_len - length)), constant_values=-1)
     return pos.reshape(batch_size, num_chunks, seq_len).transpose(1, 0, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lanes(Streams):
+    """Independent pieces packed whole into ``batch_size`` lanes (the per-piece protocol).
+
+    Each piece of ``n`` frames gives ``n - 1`` (input, target) pairs: frames ``0..n-2`` predict
+    frames ``1..n-1``, and the carry is reset to zero before the piece's first input
+    (``resets_BxS``), so every piece is read from the zero state and nothing crosses from one
+    piece to the next. A piece of one frame predicts nothing and is left out. Pieces go, in order,
+    to the lane that is shortest so far (the first of equals), so lanes hold whole pieces of
+    about equal total length; each lane is padded at its end to a common length, a multiple of
+    ``pad_to``, with zero frames of weight 0 (``weights_BxS``, float32).
+    """
+
+    weights_BxS: np.ndarray = None
+    resets_BxS: np.ndarray = None
+
+    @classmethod
+    def from_pieces(cls, frames: np.ndarray, starts, batch_size: int, pad_to: int = 1) -> "Lanes":
+        frames = np.asarray(frames)
+        starts = [int(s) for s in starts]
+        ends = starts[1:] + [len(frames)]
+        lanes: list[list[int]] = [[] for _ in range(batch_size)]  # input frame indices per lane
+        for start, end in zip(starts, ends):
+            if end - start < 2:
+                continue
+            lane = min(range(batch_size), key=lambda b: len(lanes[b]))
+            lanes[lane].extend(range(start, end - 1))
+        length = max(len(lane) for lane in lanes)
+        if length == 0:
+            raise ValueError(f"no piece has two frames or more ({len(starts)} pieces): nothing to predict")
+        length = -(-length // pad_to) * pad_to
+        index = np.full((batch_size, length), -1, np.int64)
+        for b, lane in enumerate(lanes):
+            index[b, :len(lane)] = lane
+        valid = index >= 0
+        safe = np.where(valid, index, 0)
+        is_start = np.zeros(len(frames) + 1, bool)
+        is_start[starts] = True
+
+        def take(offset):
+            out = frames[safe + offset]
+            return np.where(valid.reshape(valid.shape + (1,) * (out.ndim - 2)), out, np.zeros((), out.dtype))
+
+        return cls(take(0), take(1), weights_BxS=valid.astype(np.float32),
+                   resets_BxS=np.where(valid, is_start[safe], False))
