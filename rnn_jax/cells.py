@@ -1,6 +1,6 @@
 r"""Recurrent cells as pure functions, and their registry.
 
-Every cell follows one contract (see ``DESIGN.md``)::
+Every cell follows one contract (see ``docs/design.md``)::
 
     cell = rnn_jax.cells.get("mut1", **options)       # names in rnn_jax.cells.names()
     params = cell.init(key, input_size, hidden_size)  # dict[str, jax.Array], named as in the equations

@@ -1,4 +1,4 @@
-"""Independent NumPy implementations of every cell, written from the equations in DESIGN.md.
+"""Independent NumPy implementations of every cell, written from the equations in docs/design.md.
 
 Nothing here imports rnn_jax: these are the oracle the JAX cells are tested against (float64).
 Conventions: row vectors, ``x @ W`` with ``W`` of shape ``[in, out]``; parameter names as in
