@@ -16,8 +16,8 @@ import time
 
 from absl import app, flags
 
-from rnn_jax import report
-from rnn_jax import sweep
+from experiments import cli
+from rnn_jax import report, sweep
 from rnn_jax.sweep import compare
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tasks.py")
@@ -86,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

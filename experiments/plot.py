@@ -5,6 +5,7 @@ r"""Plot learning curves from run directories: ``python -m experiments.plot --ou
 
 from absl import app, flags
 
+from experiments import cli
 from rnn_jax import report
 
 _OUT = flags.DEFINE_string("out", None, "PNG file to write.")
@@ -22,4 +23,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

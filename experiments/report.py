@@ -17,6 +17,7 @@ from typing import Sequence
 
 from absl import app, flags
 
+from experiments import cli
 from rnn_jax import report
 
 
@@ -54,4 +55,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -8,11 +8,12 @@ Uses the best checkpoint (``--checkpoint=latest`` for the newest); ``--greedy`` 
 
 import sys
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
+from experiments import cli
 from rnn_jax import sampling, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
@@ -51,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

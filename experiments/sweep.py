@@ -18,6 +18,7 @@ import os
 
 from absl import app, flags
 
+from experiments import cli
 from rnn_jax import sweep
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file with get_config(arg) and sweep(add).")
@@ -86,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,6 +9,7 @@ Running again with the same workdir resumes the run from its latest checkpoint.
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
 from rnn_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :arg string).", lock_config=True)
@@ -25,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

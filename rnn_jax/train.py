@@ -754,6 +754,16 @@ def append_sample(f, model, params, corpus, train_config, sample_base, step: int
     f.flush()
 
 
+def run_summary(config, workdir: str, num_params: int, num_steps: int, steps_per_epoch: int) -> str:
+    """One line saying what a run trains: model, data, steps, optimizer."""
+    m, d, t, o = config.model, config.data, config.train, config.optim
+    data = {"char": f"characters of {d.path}", "ptb": f"PTB words in {d.dir}",
+            "music": f"piano rolls of {d.path} ({d.get('protocol', 'pieces')} protocol)"}.get(d.kind, f"{d.kind} task")
+    return (f"{workdir}: {config.cell} {m.num_layers}x{m.hidden_size} ({num_params:,} parameters) on {data}; "
+            f"{num_steps} steps of {t.batch_size}x{t.seq_len} ({steps_per_epoch} per epoch), {o.name} "
+            f"lr {o.learning_rate:g}, clip {o.max_norm:g}")
+
+
 def prepare_run_dir(config, corpus, workdir: str):
     """Check a resumed run's config and data against ``workdir``'s, then write ``config.json``,
     ``vocab.json`` and ``corpus.json``; returns the vocabulary (``None`` for piano rolls)."""
@@ -809,6 +819,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
              "sched": {"best_valid": jnp.asarray(jnp.inf, jnp.float32),
                        "best_select": jnp.asarray(jnp.inf, jnp.float32),
                        "bad_evals": jnp.zeros((), jnp.int32), "halvings": jnp.zeros((), jnp.int32)}}
+    log(run_summary(config, workdir, lm_lib.num_params(params), num_steps, steps_per_epoch))
     checkpoints = RunCheckpoints(workdir, t.max_to_keep)
     result_path = os.path.join(workdir, "result.json")
     restored = _restore_latest(checkpoints, params, state)
@@ -997,6 +1008,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     write_json_atomic(result_path, result)
     log(f"{status}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in result.items() if "loss" in k or "perplexity" in k))
+    log(f"results: {result_path} (curves: metrics.jsonl, checkpoints: checkpoints/best and latest)")
     return result
 
 
