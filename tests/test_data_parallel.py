@@ -12,6 +12,7 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np, pytest
     from rnn_jax import train
     from tests.lm_helpers import tiny_config, write_corpus
+    from tests.trees import assert_trees_close
     import pathlib
     assert jax.local_device_count() == 2, jax.devices()
     tmp = pathlib.Path(sys.argv[1])
@@ -25,8 +26,7 @@ SCRIPT = textwrap.dedent("""
         out[dp] = (result, train.load_run(str(tmp / f"run_{dp}"), "latest")[1])
     (r0, p0), (r1, p1) = out[False], out[True]
     assert abs(r0["final_valid_loss"] - r1["final_valid_loss"]) < 1e-5, (r0, r1)
-    for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+    assert_trees_close(p1, p0, rtol=2e-5, atol=2e-6, what="params")
     # the placement really splits the batch: each device holds half of it, and the step keeps it so
     config = tiny_config(path)
     place = train.Placement(True)

@@ -8,16 +8,14 @@ from jax.test_util import check_grads
 
 from rnn_jax import cells, layers
 from tests.test_cells import CASES, H, in_size, random_carry, random_params
+from tests.trees import assert_trees_close
 
 B, T = 3, 5
 LENGTHS = np.array([5, 2, 4])
 
 
 def tree_allclose(a, b, tol):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
+    assert_trees_close(a, b, rtol=tol, atol=tol)
 
 
 def setup(name, options, seed=0, dtype=jnp.float64):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rnn_jax import cells, lm
+from tests.trees import assert_trees_close
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,7 @@ def test_apply_matches_step_by_step_and_carries(model):
     for t in range(4):
         step_logits, carry = model.step(params, carry, tokens[:, t])
         np.testing.assert_allclose(step_logits, logits[:, t], rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(finals)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert_trees_close(carry, finals, rtol=1e-5, atol=1e-6, what="carry")
     # two chunks with the carry passed on = one long sequence
     first, mid = model.apply(params, model.zero_carry(2), tokens[:, :2])
     second, _ = model.apply(params, mid, tokens[:, 2:])

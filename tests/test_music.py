@@ -11,6 +11,7 @@ import pytest
 
 from rnn_jax import cells, piano
 from rnn_jax.data import music
+from tests.trees import assert_trees_close
 
 
 def random_dataset(seed=0, as_tuples=False, as_floats=False):
@@ -189,8 +190,7 @@ def test_piano_roll_model_steps_and_gradient():
     for t in range(4):
         step_logits, carry = model.apply(params, carry, frames[:, t:t + 1])
         np.testing.assert_allclose(step_logits[:, 0], logits[:, t], rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(finals)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert_trees_close(carry, finals, rtol=1e-5, atol=1e-6, what="carry")
     gen_logits, _ = model.step(params, model.zero_carry(2), frames[:, 0])
     np.testing.assert_allclose(gen_logits, logits[:, 0], rtol=1e-5, atol=1e-6)
 

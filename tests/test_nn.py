@@ -6,6 +6,7 @@ import pytest
 
 from rnn_jax import cells, convert, layers
 from rnn_jax.nn import RecurrentCell, RecurrentStack
+from tests.trees import assert_trees_close
 
 B, T, I, H = 2, 4, 3, 5
 
@@ -55,8 +56,7 @@ def test_recurrent_cell_inside_flax_rnn_equals_layer(name):
     carry, hs = model.apply(variables, xs)
     ref_carry, ref_hs = layers.rnn(cells.get(name), params, xs)
     np.testing.assert_allclose(hs, ref_hs, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry)):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_trees_close(carry, ref_carry, atol=1e-5, what="carry")
 
 
 def test_recurrent_cell_options_and_bidirectional():

@@ -87,6 +87,7 @@ def test_music_run_reports_nll_per_time_step(tmp_path):
 
 def test_resumes_a_checkpoint_written_before_best_select_existed(tmp_path):
     import shutil
+
     from rnn_jax.checkpoint import RunCheckpoints
     from tests.lm_helpers import tiny_config, write_corpus
     config = tiny_config(write_corpus(tmp_path / "text.txt"), num_steps=6, eval_every=3, checkpoint_every=3,
