@@ -6,10 +6,22 @@ sounding at that step (an empty step is silence). The public sets (JSB Chorales,
 MuseData, Piano-midi.de) are Python-2 pickles whose steps are tuples, sometimes of floats such as
 ``60.0``; JSON files with the same layout are read too.
 
-Pickles are read only after every opcode has been checked against a list that builds nothing but
-lists, tuples, dicts, strings and numbers, and then through :class:`SafeUnpickler`, which refuses
-every global reference: loading one runs no code. Sizes are bounded (``MAX_STEPS``, ``MAX_NOTES``),
-since a small pickle can refer to one list many times.
+Copies re-dumped with NumPy (any pickle protocol 0-5, by NumPy 1 or 2) are read as well: a pitch may
+be a NumPy scalar and a step a 1-D NumPy array, of a signed or unsigned integer (1-8 bytes) or float16/
+32/64 dtype in either byte order; they become Python ``int``/``float`` values and are then checked like
+any other pitch. Refused with a clear error: any other dtype (bool, complex, object, strings, datetimes,
+structured or subarray dtypes), arrays that are not 1-D (a sequence stored as one 2-D array) or longer
+than a step can be, a byte count that does not match the shape, and every other global.
+
+Loading a pickle runs no code from it (see :mod:`rnn_jax.data.safe_pickle`): every opcode is first
+checked against a list that builds nothing but lists, tuples, dicts, strings and numbers, plus the
+globals, calls, ``None``, booleans and bytes that NumPy's reductions need (only in a pickle naming a
+NumPy reconstructor); then :class:`SafeUnpickler` maps exactly NumPy's ``dtype``, ``ndarray``,
+``scalar``, ``_reconstruct`` and ``_frombuffer`` (``numpy.core`` or ``numpy._core``) and the bytes
+helpers of protocols 0-2 to its own stand-ins, which decode the raw bytes themselves, and refuses every
+other global. Nothing is imported. Sizes are bounded (``MAX_STEPS``, ``MAX_NOTES``, at most
+``MAX_NOTES_PER_STEP`` values per array, memo indices below the opcode count), since a small pickle
+can refer to one list many times or ask for a huge memo.
 
 :func:`piano_rolls` turns a file into :class:`PianoRolls`: one ``float32`` multi-hot array
 ``[num_frames, num_pitches]`` per split, its sequences concatenated in order (the stream protocol:
@@ -19,20 +31,21 @@ there is no reset between sequences), plus the frame at which each sequence star
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
 import pickle
-import pickletools
 
 import numpy as np
+
+from rnn_jax.data import safe_pickle
+from rnn_jax.data.safe_pickle import PickleDataError, SafeUnpickler, UnsafePickleError
 
 SPLITS = ("train", "valid", "test")
 MIN_PITCH = 0
 MAX_PITCH = 127
 
-__all__ = ["MAX_PITCH", "MIN_PITCH", "PianoRolls", "SPLITS", "SafeUnpickler", "UnsafePickleError",
+__all__ = ["MAX_PITCH", "MIN_PITCH", "SPLITS", "PianoRolls", "SafeUnpickler", "UnsafePickleError",
            "load_piano_rolls", "piano_roll", "piano_rolls", "save_json"]
 
 
@@ -41,34 +54,8 @@ __all__ = ["MAX_PITCH", "MIN_PITCH", "PianoRolls", "SPLITS", "SafeUnpickler", "U
 # --------------------------------------------------------------------------------------------
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referred to a global (a class or function); nothing was imported or called."""
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that builds only built-in containers, strings and numbers.
-
-    Every opcode that would import or call something goes through :meth:`find_class` (``GLOBAL``,
-    ``STACK_GLOBAL``, the ``EXT*`` copyreg codes), so refusing it there means ``REDUCE``, ``OBJ``,
-    ``INST`` and ``NEWOBJ`` never get a callable. Persistent ids are refused by the base class.
-    """
-
-    def find_class(self, module, name):
-        raise UnsafePickleError(f"refused to load global {module}.{name}: only plain lists, "
-                                "tuples, dicts, strings and numbers are allowed")
-
-
-# The opcodes a pickle of nested lists/tuples/dicts of strings and numbers needs (protocols 0-5);
-# anything else (None, booleans, bytes, sets, globals, calls, persistent ids, buffers) is refused
-# before loading.
-ALLOWED_OPCODES = frozenset("""
-    PROTO FRAME STOP MARK POP POP_MARK DUP
-    EMPTY_DICT DICT SETITEM SETITEMS EMPTY_LIST LIST APPEND APPENDS
-    EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3
-    INT BININT BININT1 BININT2 LONG LONG1 LONG4 FLOAT BINFLOAT
-    STRING BINSTRING SHORT_BINSTRING UNICODE BINUNICODE SHORT_BINUNICODE BINUNICODE8
-    PUT BINPUT LONG_BINPUT MEMOIZE GET BINGET LONG_BINGET
-""".split())
+# The opcodes a pickle of plain data needs; NumPy's reductions need safe_pickle.NUMPY_OPCODES too.
+ALLOWED_OPCODES = safe_pickle.ALLOWED_OPCODES
 # A pickle can refer to one list many times (memo GET): the validated copy could then be far larger
 # than the file. These bounds stop that (the public sets have about 10^5 steps each).
 MAX_STEPS = 5_000_000
@@ -76,17 +63,8 @@ MAX_NOTES = 20_000_000
 MAX_NOTES_PER_STEP = MAX_PITCH - MIN_PITCH + 1
 
 
-def _check_opcodes(data: bytes) -> None:
-    for opcode, arg, pos in pickletools.genops(data):
-        if opcode.name not in ALLOWED_OPCODES:
-            what = f" ({arg})" if isinstance(arg, str) else ""
-            raise UnsafePickleError(f"refused pickle opcode {opcode.name}{what} at byte {pos}: only "
-                                    "plain lists, tuples, dicts, strings and numbers are allowed")
-
-
 def _read_pickle(data: bytes):
-    _check_opcodes(data)
-    return SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+    return safe_pickle.loads(data, max_values=MAX_NOTES, max_array_length=MAX_NOTES_PER_STEP)
 
 
 def _decode(data: bytes, path: str):
@@ -101,6 +79,8 @@ def _decode(data: bytes, path: str):
         return _read_pickle(data)
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{path}: {e}") from None
+    except PickleDataError as e:  # a NumPy value that is malformed or unsupported
+        raise ValueError(f"{path}: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
             AttributeError, OverflowError, MemoryError, UnicodeDecodeError, RecursionError) as e:
         if data[:1] == b"\x80":  # the PROTO opcode: it claims to be a pickle
@@ -169,9 +149,11 @@ def load_piano_rolls(path) -> dict[str, list[list[list[int]]]]:
     """Reads and validates a dataset file (JSON or pickle, decided from its content).
 
     Returns ``{"train", "valid", "test"}`` (other keys in the file are ignored), each a list of
-    sequences of time steps of ``int`` pitches. Malformed content raises ``ValueError`` naming the
-    path, split, sequence, step and value; a pickle that refers to any class or function raises
-    :class:`UnsafePickleError` (a ``pickle.UnpicklingError``) before anything is imported.
+    sequences of time steps of ``int`` pitches (NumPy scalars and 1-D arrays in a pickle become
+    ``int``/``float`` pitches and lists of them). Malformed content raises ``ValueError`` naming the
+    path and, where known, the split, sequence, step and value; a pickle that refers to any class or
+    function other than NumPy's numeric scalar and array reconstructors, or to a non-numeric dtype,
+    raises :class:`UnsafePickleError` (a ``pickle.UnpicklingError``) before anything is imported.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
