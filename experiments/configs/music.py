@@ -16,7 +16,7 @@ predicted frames of the split (frames 2..n of each piece, as in Bai et al.'s (20
 ``data.protocol = "stream"`` concatenates the pieces into one stream with the state carried
 across them instead (the LM protocol of the other tasks).
 
-The defaults (a 1x200 LSTM, 356k parameters on JSB's 88 keys, dropout 0.3 on the non-recurrent
+The defaults (a 1x200 LSTM, about 340k parameters over the file's pitch range, dropout 0.3 on the non-recurrent
 connections, Adam 1e-3, 8 lanes of 100 frames, 3000 steps with the best checkpoint chosen by
 validation NLL) are sized after Bai et al. (2018), whose LSTM of about 300k parameters reached a
 JSB test NLL of 8.45; Chung et al. (2014) report 8.67 (LSTM) and 8.54 (GRU) with about 20k. See
