@@ -2,7 +2,7 @@
 
 ``rnn_jax.cells`` holds the registry of cells (``names()``, ``get(name, **options)``);
 ``rnn_jax.layers`` scans a cell over time (``rnn``, ``stacked_rnn``, ``bidirectional``);
-``rnn_jax.nn`` adapts cells to Flax linen.
+``rnn_jax.nn`` adapts cells to Flax linen and ``rnn_jax.nnx`` to Flax NNX.
 """
 
 from rnn_jax import cells, layers
