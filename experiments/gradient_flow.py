@@ -13,6 +13,10 @@ Writes to ``--out_dir``:
   singular values 0.5 ... 2.0, from an orthogonal and from the default uniform ``W_hh``.
 * ``clipping.png``: loss and gradient norm of a Tanh RNN trained with plain SGD from a large
   recurrent matrix, without and with ``optax.clip_by_global_norm``.
+* ``cell_state.png`` (when ``--cells`` names LSTM-family cells): for each of them, at
+  initialisation and after training, ``‖∂L/∂c_t‖`` through every path, the gradient along the
+  direct ``c → c`` path alone (``∂L/∂c_T ⊙ ∏_{k>t} f_k``) and the forget-gate product
+  ``mean ∏_{k>t} f_k``, with ``‖∂L/∂h_t‖`` for reference.
 * ``results.json``: every number behind the plots (strict JSON, non-finite floats as strings).
 
 See ``docs/gradient_flow.md`` for the measured results.
@@ -35,7 +39,7 @@ from rnn_jax import cells as cells_lib
 from rnn_jax import gradflow
 from rnn_jax.train import write_json_atomic
 
-DEFAULT_CELLS = ("rnn", "lstm", "lstm_f", "gru", "mut1", "mut2", "mut3")
+DEFAULT_CELLS = ("rnn", "lstm", "lstm_b", "lstm_f", "gru", "mut1", "mut2", "mut3")
 SIGMAS = (0.5, 0.8, 1.0, 1.2, 1.5, 2.0)
 INPUT_SIZE = 2  # adding problem: value and marker
 EVAL_INDEX = 1_000_000  # batch index of the held-out batch (training uses 0 .. steps - 1)
@@ -51,16 +55,35 @@ def _floats(a) -> list:
     return [float(f"{v:.6g}") if math.isfinite(v) else float(v) for v in np.asarray(a, np.float64).ravel()]
 
 
-def _curve_summary(log10_norms) -> dict:
-    """A ``log10 ‖∂L/∂h_t‖`` curve and its summary: ``ratio_first_last = ‖∂L/∂h_1‖ / ‖∂L/∂h_T‖``
-    and the geometric mean factor per step, ``ratio ** (1 / (T - 1))``."""
+def _curve_summary(log10_norms, key: str = "log10_norms") -> dict:
+    """A ``log10 ‖∂L/∂h_t‖`` curve (under ``key``) and its summary: ``ratio_first_last =
+    ‖∂L/∂h_1‖ / ‖∂L/∂h_T‖`` and the geometric mean factor per step, ``ratio ** (1 / (T - 1))``."""
     logs = np.asarray(log10_norms, np.float64)
     log_ratio = float(logs[0] - logs[-1])
     steps = len(logs) - 1
-    return {"log10_norms": _floats(logs), "log10_ratio_first_last": log_ratio,
+    return {key: _floats(logs), "log10_ratio_first_last": log_ratio,
             "ratio_first_last": float(10.0 ** log_ratio) if math.isfinite(log_ratio) else log_ratio,
             "per_step_factor": float(10.0 ** (log_ratio / steps)) if steps and math.isfinite(log_ratio)
             else float("nan")}
+
+
+def _cell_state_summary(out: dict) -> dict:
+    """Summaries of one :func:`gradflow.make_cell_state_log10_fn` result (``log10`` curves over
+    ``t``): each curve as in :func:`_curve_summary`, the mean forget gate, and how far apart the
+    full gradient, the direct-path gradient and the forget product are."""
+    full, direct, prod = (np.asarray(out[k], np.float64) for k in ("full", "direct", "forget_product"))
+    full_rel, direct_rel = full - full[-1], direct - direct[-1]  # relative to t = T
+    return {
+        "full": _curve_summary(full), "direct": _curve_summary(direct),
+        "forget_product": _curve_summary(prod, key="log10_values"),
+        "mean_f": float(out["mean_f"]), "geometric_mean_f": float(np.exp(out["mean_log_f"])),
+        # log10(‖∂L/∂c_t‖ / ‖∂L/∂c_t|_{c→c}‖): the share of the routes through h, per step
+        "log10_full_over_direct": _floats(full - direct),
+        "max_abs_log10_full_over_direct": float(np.max(np.abs(full - direct))),
+        # the direct path's decay against the forget product's (both 1 at t = T)
+        "max_abs_log10_direct_over_forget_product": float(np.max(np.abs(direct_rel - prod))),
+        "max_abs_log10_full_over_forget_product": float(np.max(np.abs(full_rel - prod))),
+    }
 
 
 def _run_summary(curves: gradflow.TrainCurves, clip_norm: float | None) -> dict:
@@ -68,17 +91,22 @@ def _run_summary(curves: gradflow.TrainCurves, clip_norm: float | None) -> dict:
     norms = np.asarray(curves.grad_norms, np.float64)
     finite = np.isfinite(losses) & np.isfinite(norms)
     tail = max(len(losses) // 10, 1)
+
+    def finite_stat(stat, values):
+        kept = values[np.isfinite(values)]
+        return float(stat(kept)) if kept.size else float("nan")
+
     out = {
         "losses": _floats(losses),
         "grad_norms": _floats(norms),
         "first_nonfinite_step": None if finite.all() else int(np.argmin(finite)),
         "max_grad_norm": float(np.max(norms)) if np.isfinite(norms).all() else float("inf"),
-        "median_grad_norm": float(np.median(norms[np.isfinite(norms)])) if np.isfinite(norms).any() else float("nan"),
+        "median_grad_norm": finite_stat(np.median, norms),
         "loss_first": float(losses[0]),
         "loss_final": float(np.mean(losses[-tail:])),
         "max_loss": float(np.max(losses)) if np.isfinite(losses).all() else float("inf"),
-        "max_finite_loss": float(np.max(losses[np.isfinite(losses)])) if np.isfinite(losses).any() else float("nan"),
-        "max_finite_grad_norm": float(np.max(norms[np.isfinite(norms)])) if np.isfinite(norms).any() else float("nan"),
+        "max_finite_loss": finite_stat(np.max, losses),
+        "max_finite_grad_norm": finite_stat(np.max, norms),
     }
     if clip_norm is not None:
         out["fraction_steps_clipped"] = float(np.mean(~(norms <= clip_norm)))
@@ -152,7 +180,8 @@ def plot_spectral(results: dict, path: str) -> None:
                     label=rf"$\sigma$ = {sigma}  (radius {entry['spectral_radius']:.2f})", lw=1.4)
         ax.set_title(titles.get(base, base), fontsize=10)
     axes[0].set_ylabel(r"$\log_{10} \|\partial L / \partial h_t\|$")
-    _finish(plt, fig, axes, "t", r"Tanh RNN: largest singular value $\sigma$ of $W_{hh}$ sweeps through 1", path)
+    _finish(plt, fig, axes, "t", r"Tanh RNN: largest singular value $\sigma$ of $W_{hh}$ sweeps through 1",
+            path)
 
 
 def plot_clipping(results: dict, path: str) -> None:
@@ -179,6 +208,37 @@ def plot_clipping(results: dict, path: str) -> None:
             rf"$\sigma$={clip['sigma']:g}, adding problem T={results['config']['length']}", path)
 
 
+def plot_cell_state(results: dict, path: str) -> None:
+    """One column per LSTM-family cell, rows: at initialisation, after training. Every curve is
+    log10 and relative to its value at ``t = T`` (where all of them meet)."""
+    plt = _pyplot()
+    cfg, entries = results["config"], results["cell_state"]["cells"]
+    n = len(entries)
+    fig, axes = plt.subplots(2, n, figsize=(4.6 * n + 0.6, 8.0), sharey="row", squeeze=False)
+    for col, (name, entry) in enumerate(entries.items()):
+        for row, when in enumerate(("init", "trained")):
+            ax, e = axes[row, col], entry[when]
+            t = np.arange(1, len(e["full"]["log10_norms"]) + 1)
+            full, direct = _finite(e["full"]["log10_norms"]), _finite(e["direct"]["log10_norms"])
+            h = _finite(results["cells"][name][when]["log10_norms"])
+            ax.plot(t, h, color="0.6", lw=1.0, label=rf"$\|\partial L/\partial h_t\|$ ($c_t$ fixed)"
+                    rf" ({results['cells'][name][when]['per_step_factor']:.3f}/step)")
+            rate = {k: e[k]["per_step_factor"] for k in ("full", "direct", "forget_product")}
+            ax.plot(t, full - full[-1], color="tab:blue", lw=1.8,
+                    label=rf"$\|\partial L/\partial c_t\|$, all paths ({rate['full']:.3f}/step)")
+            ax.plot(t, direct - direct[-1], color="tab:orange", lw=1.8, ls="--",
+                    label=rf"direct $c\to c$ path only ({rate['direct']:.3f}/step)")
+            ax.plot(t, _finite(e["forget_product"]["log10_values"]), color="black", lw=1.2, ls=":",
+                    label=rf"mean of $f_{{t+1}} \cdots f_T$ ({rate['forget_product']:.3f}/step)")
+            mse = results["cells"][name]["train"]["loss_final"]
+            ax.set_title(f"{name}, " + ("at initialisation" if when == "init" else
+                                         f"after {cfg['train_steps']} steps (MSE {mse:.3g})"), fontsize=10)
+            if col == 0:
+                ax.set_ylabel(r"$\log_{10}$ (gradient norm or product), relative to $t = T$")
+    _finish(plt, fig, axes.ravel(), "t", "LSTM cell state: the gradient along c is multiplied by the"
+            rf" forget gate at each step (L = w $\cdot$ h_T, T={cfg['length']}, H={cfg['hidden']})", path)
+
+
 # --------------------------------------------------------------------------------------------
 # The study
 # --------------------------------------------------------------------------------------------
@@ -191,7 +251,8 @@ def _check_positive_int(name, value):
 
 def run(out_dir: str, cells: Sequence[str] = DEFAULT_CELLS, length: int = 100, hidden: int = 64,
         train_steps: int = 500, seed: int = 0, *, batch_size: int = 32, eval_batch_size: int = 64,
-        learning_rate: float = 1e-2, train_clip_norm: float | None = 1.0, sigmas: Sequence[float] = SIGMAS, clip_sigma: float = 1.5,
+        learning_rate: float = 1e-2, train_clip_norm: float | None = 1.0,
+        sigmas: Sequence[float] = SIGMAS, clip_sigma: float = 1.5,
         clip_learning_rate: float = 0.1, clip_norm: float = 1.0,
         progress: Callable[[str], None] = print) -> dict:
     """Runs the whole study, writes the plots and ``results.json`` to ``out_dir``; returns the results.
@@ -206,6 +267,9 @@ def run(out_dir: str, cells: Sequence[str] = DEFAULT_CELLS, length: int = 100, h
     c. The Tanh RNN from an orthogonal ``W_hh`` with singular values ``clip_sigma``, trained with
        SGD (``clip_learning_rate``) for ``train_steps`` steps without clipping and with
        ``clip_by_global_norm(clip_norm)``, on the same batches.
+    d. For the LSTM-family cells among ``cells``, with the parameters of (a) and the same ``w``
+       and batch: ``log10 mean_b ‖∂L/∂c_t‖`` through every path and along the direct ``c → c``
+       path alone, and ``log10 mean_{b,j} ∏_{k>t} f_k`` (:func:`gradflow.make_cell_state_log10_fn`).
 
     Everything is seeded by ``seed``; ``progress`` receives one line per finished piece.
     """
@@ -244,6 +308,7 @@ def run(out_dir: str, cells: Sequence[str] = DEFAULT_CELLS, length: int = 100, h
 
     # a. every cell at initialisation and after training on the adding problem
     optimizer = gradflow.make_optimizer("adam", learning_rate, train_clip_norm)
+    lstm_models = {}
     for name in cells:
         t0 = time.perf_counter()
         cell = built[name]
@@ -254,6 +319,8 @@ def run(out_dir: str, cells: Sequence[str] = DEFAULT_CELLS, length: int = 100, h
         trained = _curve_summary(norms_of(cell, trained_params["cell"],
                                           gradflow.readout_direction(trained_params)))
         results["cells"][name] = {"init": init, "trained": trained, "train": train}
+        if isinstance(cell, cells_lib.LSTMCell):
+            lstm_models[name] = {"init": params, "trained": trained_params}
         progress(f"[{name}] ‖∂L/∂h_1‖/‖∂L/∂h_T‖ init {init['ratio_first_last']:.3g},"
                  f" trained {trained['ratio_first_last']:.3g}; train MSE {train['loss_first']:.3g}"
                  f" -> {train['loss_final']:.3g} ({time.perf_counter() - t0:.1f}s)")
@@ -270,7 +337,8 @@ def run(out_dir: str, cells: Sequence[str] = DEFAULT_CELLS, length: int = 100, h
         for sigma in sigmas:
             p = gradflow.tanh_rnn_with_spectral_radius(base, float(sigma))
             entry = _curve_summary(norms_of(rnn, p, readout))
-            entry["spectral_radius"] = float(np.max(np.abs(np.linalg.eigvals(np.asarray(p["W_hh"], np.float64)))))
+            eigenvalues = np.linalg.eigvals(np.asarray(p["W_hh"], np.float64))
+            entry["spectral_radius"] = float(np.max(np.abs(eigenvalues)))
             curves[f"{float(sigma):g}"] = entry
             progress(f"[rnn, {base_name} W_hh, sigma {sigma:g}] spectral radius "
                      f"{entry['spectral_radius']:.3f}, ‖∂L/∂h_1‖/‖∂L/∂h_T‖ {entry['ratio_first_last']:.3g}")
@@ -292,14 +360,34 @@ def run(out_dir: str, cells: Sequence[str] = DEFAULT_CELLS, length: int = 100, h
                  f"{summary['first_nonfinite_step']} ({time.perf_counter() - t0:.1f}s)")
     results["clipping"] = clipping
 
+    # d. LSTM family: the gradient reaching the cell state, the direct c -> c path, ∏ f
+    cell_state = {"readout": "L = h_T . w, as in (a)",
+                  "curves": "log10 of the batch mean; full and direct are ‖∂L/∂c_t‖, forget_product"
+                            " is mean over batch and units of prod_{k>t} f_k", "cells": {}}
+    for name, models in lstm_models.items():
+        t0 = time.perf_counter()
+        fn = gradflow.make_cell_state_log10_fn(built[name])
+        entry = {when: _cell_state_summary(fn(p["cell"], xs_eval, gradflow.readout_direction(p)))
+                 for when, p in models.items()}
+        cell_state["cells"][name] = entry
+        labels = {"full": "‖∂L/∂c_t‖", "direct": "direct path", "forget_product": "mean ∏f"}
+        rates = [f"{label} {entry['init'][k]['per_step_factor']:.3f}"
+                 f" / {entry['trained'][k]['per_step_factor']:.3f}" for k, label in labels.items()]
+        progress(f"[{name}: cell state] per step, init / trained: {', '.join(rates)}"
+                 f" ({time.perf_counter() - t0:.1f}s)")
+    results["cell_state"] = cell_state
+
     results["wall_time_s"] = round(time.perf_counter() - start, 1)
     plot_grad_norms(results, os.path.join(out_dir, "grad_norms.png"))
     plot_spectral(results, os.path.join(out_dir, "tanh_spectral.png"))
     plot_clipping(results, os.path.join(out_dir, "clipping.png"))
+    written = ["grad_norms.png", "tanh_spectral.png", "clipping.png"]
+    if cell_state["cells"]:
+        plot_cell_state(results, os.path.join(out_dir, "cell_state.png"))
+        written.append("cell_state.png")
     results["wall_time_s"] = round(time.perf_counter() - start, 1)
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
-    progress(f"wrote {out_dir}/grad_norms.png, tanh_spectral.png, clipping.png, results.json"
-             f" in {results['wall_time_s']:.0f}s")
+    progress(f"wrote {out_dir}/{', '.join(written)}, results.json in {results['wall_time_s']:.0f}s")
     return results
 
 

@@ -22,6 +22,20 @@ hundred steps for many cells, so :func:`hidden_grad_log_norms` computes the same
 an explicit backward pass that rescales as it goes and returns their logarithms, and
 :func:`hidden_grad_log10_norms` is the log-scale counterpart of :func:`hidden_grad_norms`.
 
+For LSTM-family cells the memory cell ``c`` is a second route. With ``c_t = f_t ⊙ c_{t-1} +
+i_t ⊙ g_t`` and ``h_t = o_t ⊙ tanh(c_t)``, backpropagation accumulates
+
+.. math::  \frac{\partial L}{\partial c_t} = \frac{\partial L}{\partial c_{t+1}} \odot f_{t+1}
+           + (\text{terms through } h_t \text{ and the gates of step } t+1),
+
+so along the cell state alone the gradient is multiplied *elementwise* by the forget gate at each
+step, never by a recurrent matrix: ``∂c_T/∂c_t`` restricted to the ``c → c`` path is
+``diag(∏_{k=t+1..T} f_k)``. :func:`cell_state_grads` computes the full ``∂L/∂c_t`` (every path,
+including ``c_t → h_t``) or that direct path alone (``path="direct"``: gates computed from the
+stop-gradient'ed carry), :func:`cell_state_grad_log_norms` their norms without underflow, and
+:func:`forget_gates` / :func:`log_forget_products` the gates and their products. They run the
+cell's equations written out in :func:`lstm_step_explicit`, which the tests pin to ``cell.step``.
+
 The rest are helpers for the study in ``experiments/gradient_flow.py``: rescaling a Tanh RNN's
 recurrent matrix to a given largest singular value, and a minimal regressor (cell + linear head
 on the last output) trained on the adding problem with the whole run as one jitted ``lax.scan``.
@@ -56,6 +70,11 @@ __all__ = [
     "adding_batches",
     "adding_loss",
     "cell_for_inputs",
+    "cell_state_grad_log10_norms",
+    "cell_state_grad_log_norms",
+    "cell_state_grads",
+    "forget_gates",
+    "forget_product_log10_means",
     "hidden_grad_log10_norms",
     "hidden_grad_log_norms",
     "hidden_grad_norms",
@@ -63,6 +82,9 @@ __all__ = [
     "init_regressor",
     "largest_singular_value",
     "linear_readout",
+    "log_forget_products",
+    "lstm_step_explicit",
+    "make_cell_state_log10_fn",
     "make_grad_log10_norms_fn",
     "make_optimizer",
     "make_trainer",
@@ -142,11 +164,7 @@ def hidden_grads(cell: cells_lib.Cell, params, xs: Array,
             return _add_to_h(c, eps_t), None
 
         final, _ = lax.scan(body, carry, (xs_t, eps))
-        losses = readout_fn(cells_lib.Cell.carry_h(final))
-        if jnp.shape(losses) != (batch,):
-            raise ValueError(f"readout_fn must return per-example losses of shape ({batch},),"
-                             f" got shape {jnp.shape(losses)}")
-        return jnp.sum(losses)
+        return _summed_readout(readout_fn, batch)(cells_lib.Cell.carry_h(final))
 
     eps = jnp.zeros((steps, batch, hidden), dtype)
     return jnp.swapaxes(jax.grad(total_loss)(eps), 0, 1)
@@ -157,6 +175,26 @@ def hidden_grad_norms(cell: cells_lib.Cell, params, xs: Array,
     """``mean_b ‖∂L_b/∂h_t‖`` for ``t = 1..T``: an array ``[T]`` (see :func:`hidden_grads`)."""
     grads = hidden_grads(cell, params, xs, readout_fn, carry=carry)
     return jnp.mean(jnp.linalg.norm(grads.astype(jnp.float32), axis=-1), axis=0)
+
+
+def _summed_readout(readout_fn, batch: int):
+    """``h -> Σ_b readout_fn(h)_b``, checking that the readout gives one loss per example."""
+
+    def total(h):
+        losses = readout_fn(h)
+        if jnp.shape(losses) != (batch,):
+            raise ValueError(f"readout_fn must return per-example losses of shape ({batch},),"
+                             f" got shape {jnp.shape(losses)}")
+        return jnp.sum(losses)
+
+    return total
+
+
+def _normalised(d):
+    """``(d / ‖d‖_b, log ‖d‖_b)`` per example ``b`` (a zero cotangent is left as it is)."""
+    n = _per_example_norm(d)
+    safe = jnp.where(n > 0, n, 1.0)
+    return jax.tree.map(lambda leaf: leaf / safe[:, None].astype(leaf.dtype), d), jnp.log(safe)
 
 
 def _per_example_norm(tree) -> Array:
@@ -183,30 +221,18 @@ def hidden_grad_log_norms(cell: cells_lib.Cell, params, xs: Array,
 
     final, carries_in = lax.scan(forward, carry, xs_t)
 
-    def readout_total(h):
-        losses = readout_fn(h)
-        if jnp.shape(losses) != (batch,):
-            raise ValueError(f"readout_fn must return per-example losses of shape ({batch},),"
-                             f" got shape {jnp.shape(losses)}")
-        return jnp.sum(losses)
-
-    d_h = jax.grad(readout_total)(cells_lib.Cell.carry_h(final))
+    d_h = jax.grad(_summed_readout(readout_fn, batch))(cells_lib.Cell.carry_h(final))
     d_final = _add_to_h(jax.tree.map(jnp.zeros_like, final), d_h)
-
-    def normalised(d):
-        n = _per_example_norm(d)
-        safe = jnp.where(n > 0, n, 1.0)
-        return jax.tree.map(lambda leaf: leaf / safe[:, None].astype(leaf.dtype), d), jnp.log(safe)
 
     def backward(state, inp):
         d, log_scale = state  # cotangent of the carry after step t, as d · exp(log_scale)
         c_prev, x_t = inp
         log_norm_t = jnp.log(_per_example_norm(cells_lib.Cell.carry_h(d))) + log_scale
         _, vjp = jax.vjp(lambda c: cell.step(params, c, x_t)[0], c_prev)
-        d_prev, log_n = normalised(vjp(d)[0])
+        d_prev, log_n = _normalised(vjp(d)[0])
         return (d_prev, log_scale + log_n), log_norm_t
 
-    d0, log0 = normalised(d_final)
+    d0, log0 = _normalised(d_final)
     _, log_norms = lax.scan(backward, (d0, log0), (carries_in, xs_t), reverse=True)
     return jnp.swapaxes(log_norms, 0, 1)
 
@@ -229,6 +255,215 @@ def make_grad_log10_norms_fn(cell: cells_lib.Cell):
     rescaled recurrent matrices.
     """
     return jax.jit(lambda params, xs, w: hidden_grad_log10_norms(cell, params, xs, linear_readout(w)))
+
+
+# --------------------------------------------------------------------------------------------
+# LSTM family: ∂L/∂c_t, the direct c → c path and the forget-gate products
+# --------------------------------------------------------------------------------------------
+
+
+def _check_lstm(cell: cells_lib.Cell) -> None:
+    if not isinstance(cell, cells_lib.LSTMCell):
+        raise ValueError(f"{cell.name} is not an LSTM-family cell (no memory cell c); the cell-state"
+                         " gradients need one of the LSTM variants of rnn_jax.cells")
+
+
+def lstm_step_explicit(cell: cells_lib.LSTMCell, params, carry, x: Array, eps: Array | None = None, *,
+                       direct: bool = False):
+    r"""One step of an LSTM-family cell written out from its equations: ``(carry', f)``.
+
+    .. math::
+        i &= \sigma(x W_{xi} + \bar h W_{hi} + p_i \odot \bar c + b_i), \quad
+        f = \sigma(x W_{xf} + \bar h W_{hf} + p_f \odot \bar c + b_f), \quad
+        g = \tanh(x W_{xg} + \bar h W_{hg} + b_g) \\
+        c' &= f \odot c + i \odot g + \varepsilon, \qquad
+        o = \sigma(x W_{xo} + \bar h W_{ho} + p_o \odot c' + b_o), \qquad h' = o \odot \tanh(c')
+
+    with the cell's options (a removed gate is 1, ``f = 1 − i`` when coupled, no tanh without
+    ``input_activation`` / ``output_activation``, the FGR terms ``Σ_s s̄ R_{s·}`` from the
+    carry's previous gates). ``ε`` (default 0) is added to the new cell state before ``o`` and
+    ``h'`` read it, so ``∂L/∂ε = ∂L/∂c'`` through every path, ``c' → h'`` included.
+
+    ``direct=False``: ``h̄, c̄`` (and the FGR gates) are the carry's own. ``direct=True``: they are
+    the carry under ``lax.stop_gradient``, so the gates do not depend on the incoming carry and the
+    only derivative of ``c'`` with respect to it is the direct path, ``∂c'/∂c = diag(f)``.
+    The values are the same either way. ``f`` is returned as ones for a cell without a forget gate.
+    ``params`` and ``x`` are used as given (the callers cast them to the compute dtype).
+    """
+    _check_lstm(cell)
+    p = params
+    src = jax.tree.map(lax.stop_gradient, carry) if direct else carry
+    peep = cell.peephole_gates
+
+    def pre(k):
+        z = x @ p[f"W_x{k}"] + src.h @ p[f"W_h{k}"] + p[f"b_{k}"]
+        if cell.full_gate_recurrence and k != "g":
+            z = z + sum(getattr(src, s) @ p[f"R_{s}{k}"] for s in "ifo")
+        return z + p[f"p_{k}"] * src.c if k in peep and k != "o" else z
+
+    i = jax.nn.sigmoid(pre("i")) if cell.input_gate else None
+    f = 1.0 - i if cell.coupled else (jax.nn.sigmoid(pre("f")) if cell.forget_gate else None)
+    g = jnp.tanh(pre("g")) if cell.input_activation else pre("g")
+    c_new = (carry.c if f is None else f * carry.c) + (g if i is None else i * g)
+    if eps is not None:
+        c_new = c_new + eps
+    if cell.output_gate:
+        o = jax.nn.sigmoid(pre("o") + (p["p_o"] * c_new if "o" in peep else 0.0))
+    else:
+        o = None
+    y = jnp.tanh(c_new) if cell.output_activation else c_new
+    h_new = y if o is None else o * y
+    new = (cells_lib.FGRCarry(c_new, h_new, i, f, o) if cell.full_gate_recurrence
+           else cells_lib.LSTMCarry(c_new, h_new))
+    return new, (jnp.ones_like(c_new) if f is None else f)
+
+
+def _check_path(path: str) -> bool:
+    if path not in ("full", "direct"):
+        raise ValueError(f"path must be 'full' or 'direct', got {path!r}")
+    return path == "direct"
+
+
+def cell_state_grads(cell: cells_lib.LSTMCell, params, xs: Array,
+                     readout_fn: Callable[[Array], Array] | None = None, *, carry=None,
+                     path: str = "full") -> Array:
+    r"""``∂L_b/∂c_t`` for every example and step of an LSTM-family cell: an array ``[B, T, H]``.
+
+    The same loss as :func:`hidden_grads` (``L = Σ_b readout_fn(h_T)_b``); ``c_t`` is the new cell
+    state of step ``t`` (index ``t − 1``), perturbed before ``h_t = o_t ⊙ tanh(c_t)`` reads it
+    (:func:`lstm_step_explicit`), so the derivative counts every path from ``c_t`` to ``L``:
+
+    .. math::  \frac{\partial L}{\partial c_t} = \frac{\partial L}{\partial c_{t+1}} \odot f_{t+1}
+               + \frac{\partial L}{\partial h_t} \odot \frac{\partial h_t}{\partial c_t}
+               \quad (\text{no peepholes}; \ \partial L/\partial h_t \text{ with } c_t \text{ fixed})
+
+    ``path="direct"`` keeps only the path along the cell state: every step's gates are computed
+    from the stop-gradient'ed carry, so
+
+    .. math::  \left.\frac{\partial L}{\partial c_t}\right|_{c \to c}
+               = \frac{\partial L}{\partial c_T} \odot \prod_{k=t+1}^{T} f_k ,
+
+    with ``∂L/∂c_T`` the same in both (``t = T`` has no later step).
+    """
+    _check_lstm(cell)
+    direct = _check_path(path)
+    params, xs_t, readout_fn, carry = _prepare(cell, params, xs, readout_fn, carry)
+    steps, batch = xs_t.shape[:2]
+    dtype, hidden = cell.compute_dtype(params), cell.hidden_size(params)
+    xs_t = xs_t.astype(dtype)
+
+    def total_loss(eps):
+        def body(c, inp):
+            return lstm_step_explicit(cell, params, c, *inp, direct=direct)[0], None
+
+        final, _ = lax.scan(body, carry, (xs_t, eps))
+        return _summed_readout(readout_fn, batch)(final.h)
+
+    eps = jnp.zeros((steps, batch, hidden), dtype)
+    return jnp.swapaxes(jax.grad(total_loss)(eps), 0, 1)
+
+
+def cell_state_grad_log_norms(cell: cells_lib.LSTMCell, params, xs: Array,
+                              readout_fn: Callable[[Array], Array] | None = None, *, carry=None,
+                              path: str = "full") -> Array:
+    """``log ‖∂L_b/∂c_t‖`` (natural log) for every example and step: ``[B, T]``, without underflow.
+
+    The derivatives of :func:`cell_state_grads` (``path`` as there), by an explicit backward pass
+    through the saved carries that renormalises the carry's cotangent to unit norm per example
+    after every step and keeps the scale as a running log (as :func:`hidden_grad_log_norms` does).
+    Step ``t``'s vector-Jacobian product gives both ``∂L/∂c_t`` (the cotangent of ``ε_t`` in
+    :func:`lstm_step_explicit`) and the cotangent of the carry entering step ``t``.
+    """
+    _check_lstm(cell)
+    direct = _check_path(path)
+    params, xs_t, readout_fn, carry = _prepare(cell, params, xs, readout_fn, carry)
+    batch = xs_t.shape[1]
+    xs_t = xs_t.astype(cell.compute_dtype(params))
+
+    def forward(c, x_t):
+        return lstm_step_explicit(cell, params, c, x_t)[0], c  # saves the carry entering each step
+
+    final, carries_in = lax.scan(forward, carry, xs_t)
+    d_h = jax.grad(_summed_readout(readout_fn, batch))(final.h)
+    d_final = jax.tree.map(jnp.zeros_like, final)._replace(h=d_h)
+    zero_eps = jnp.zeros_like(final.c)
+
+    def backward(state, inp):
+        d, log_scale = state  # cotangent of the carry after step t, as d · exp(log_scale)
+        c_prev, x_t = inp
+        _, vjp = jax.vjp(lambda c, e: lstm_step_explicit(cell, params, c, x_t, e, direct=direct)[0],
+                         c_prev, zero_eps)
+        d_prev, d_c = vjp(d)
+        log_norm_t = jnp.log(_per_example_norm(d_c)) + log_scale
+        d_prev, log_n = _normalised(d_prev)
+        return (d_prev, log_scale + log_n), log_norm_t
+
+    d0, log0 = _normalised(d_final)
+    _, log_norms = lax.scan(backward, (d0, log0), (carries_in, xs_t), reverse=True)
+    return jnp.swapaxes(log_norms, 0, 1)
+
+
+def cell_state_grad_log10_norms(cell: cells_lib.LSTMCell, params, xs: Array,
+                                readout_fn: Callable[[Array], Array] | None = None, *, carry=None,
+                                path: str = "full") -> Array:
+    """``log10(mean_b ‖∂L_b/∂c_t‖)`` for ``t = 1..T`` (a log-sum-exp over the batch of
+    :func:`cell_state_grad_log_norms`)."""
+    logs = cell_state_grad_log_norms(cell, params, xs, readout_fn, carry=carry, path=path)
+    return (jax.nn.logsumexp(logs, axis=0) - jnp.log(logs.shape[0])) / jnp.log(10.0)
+
+
+def forget_gates(cell: cells_lib.LSTMCell, params, xs: Array, *, carry=None) -> Array:
+    """The forget gate ``f_t`` of every example and step: ``[B, T, H]`` (ones without a forget
+    gate, ``1 − i_t`` for a coupled cell), from a run of :func:`lstm_step_explicit`."""
+    _check_lstm(cell)
+    params, xs_t, _, carry = _prepare(cell, params, xs, None, carry)
+    xs_t = xs_t.astype(cell.compute_dtype(params))
+    _, fs = lax.scan(lambda c, x_t: lstm_step_explicit(cell, params, c, x_t), carry, xs_t)
+    return jnp.swapaxes(fs, 0, 1)
+
+
+def log_forget_products(cell: cells_lib.LSTMCell, params, xs: Array, *, carry=None) -> Array:
+    r"""``log ∏_{k=t+1..T} f_k`` (natural log, elementwise) for every example, step and unit:
+    ``[B, T, H]``, as a reversed cumulative sum of ``log f_k`` (no underflow). ``t = T`` is the
+    empty product, ``log 1 = 0``.
+
+    ``exp`` of it is the diagonal of the direct path's Jacobian,
+    ``∂c_T/∂c_t |_{c→c} = diag(∏_{k=t+1}^{T} f_k)``.
+    """
+    log_f = jnp.log(forget_gates(cell, params, xs, carry=carry).astype(jnp.float32))
+    suffix = jnp.cumsum(log_f[:, ::-1], axis=1)[:, ::-1]  # Σ_{k>=t} log f_k
+    return jnp.concatenate([suffix[:, 1:], jnp.zeros_like(suffix[:, :1])], axis=1)
+
+
+def forget_product_log10_means(cell: cells_lib.LSTMCell, params, xs: Array, *, carry=None) -> Array:
+    """``log10(mean_{b,j} ∏_{k=t+1..T} f_{k,b,j})`` for ``t = 1..T``: the forget-gate product
+    averaged over examples and units (an arithmetic mean, so the units that keep the most dominate,
+    as they dominate the norm of the direct-path gradient)."""
+    logs = log_forget_products(cell, params, xs, carry=carry)
+    logs = jnp.swapaxes(logs, 0, 1).reshape(logs.shape[1], -1)
+    return (jax.nn.logsumexp(logs, axis=1) - jnp.log(logs.shape[1])) / jnp.log(10.0)
+
+
+def make_cell_state_log10_fn(cell: cells_lib.LSTMCell):
+    """``jit((params, xs, w) -> dict)`` for the cell-state study, with ``L = h_T · w``:
+
+    * ``"full"``: ``log10 mean_b ‖∂L/∂c_t‖`` (:func:`cell_state_grad_log10_norms`), ``[T]``;
+    * ``"direct"``: the same for the direct ``c → c`` path only, ``[T]``;
+    * ``"forget_product"``: :func:`forget_product_log10_means`, ``[T]``;
+    * ``"mean_f"`` and ``"mean_log_f"``: the mean of ``f`` and of ``ln f`` over every example,
+      step and unit (``exp(mean_log_f)`` is the geometric-mean factor per step).
+    """
+    _check_lstm(cell)
+
+    def fn(params, xs, w):
+        readout = linear_readout(w)
+        f = forget_gates(cell, params, xs).astype(jnp.float32)
+        return {"full": cell_state_grad_log10_norms(cell, params, xs, readout),
+                "direct": cell_state_grad_log10_norms(cell, params, xs, readout, path="direct"),
+                "forget_product": forget_product_log10_means(cell, params, xs),
+                "mean_f": jnp.mean(f), "mean_log_f": jnp.mean(jnp.log(f))}
+
+    return jax.jit(fn)
 
 
 # --------------------------------------------------------------------------------------------
