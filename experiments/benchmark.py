@@ -4,6 +4,16 @@ r"""Training-step benchmark: rnn_jax layers against Flax and (when installed) Py
     python experiments/benchmark.py --cells=lstm,gru,mut1 --configs=c1 --impls=fused,autodiff
     python experiments/benchmark.py --configs=8x20x32    # any BxTxH
     python experiments/benchmark.py --what=trials        # 8 vmapped trials vs 8 runs in a row
+    python experiments/benchmark.py --precision=tf32     # on a GPU: TF32 matmuls on both sides
+
+On a GPU (JAX's backend ``gpu`` and ``torch.cuda.is_available()``) the torch baseline runs on
+CUDA (cuDNN's LSTM/GRU) unless ``--torch_device=cpu``; its inputs and parameters live on the GPU
+and each timed run is bracketed by ``torch.cuda.synchronize()``, as each JAX run ends with
+``block_until_ready``. ``--precision`` sets both sides' float32 matmul precision (``default``
+leaves each framework's own default: on Ampere and later GPUs cuDNN's RNNs may use TF32, torch's
+plain matmuls do not); on a GPU the environment line also reports measured relative errors of a
+float32 matmul and of an LSTM layer on each side (about 1e-4 or more means TF32, under 1e-5 full
+float32).
 
 A training step is forward + backward to the parameters and the inputs + an SGD update, float32,
 input size = hidden size, loss = mean of the outputs times a fixed random tensor. All
@@ -112,6 +122,101 @@ def check_xla_options(options: dict) -> None:
         jax.jit(lambda x: x + 1, compiler_options=options or None).lower(jnp.ones(2)).compile()
     except Exception as e:  # XLA reports an unknown or ill-typed option when compiling
         raise ValueError(f"XLA rejected the compile options {options}: {e}") from None
+
+
+TORCH_DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("default", "tf32", "float32")
+
+
+def resolve_torch_device(requested: str, torch_module=None, jax_backend: str | None = None) -> str:
+    """``--torch_device`` -> ``"cpu"`` or ``"cuda"``.
+
+    ``auto`` is ``cuda`` when torch sees a CUDA device and JAX runs on the GPU (both sides on the
+    same kind of device), else ``cpu``; ``cuda`` without a CUDA device raises ValueError.
+    ``torch_module`` is the imported torch (None: not installed); ``jax_backend`` defaults to
+    ``jax.default_backend()``.
+    """
+    if requested not in TORCH_DEVICES:
+        raise ValueError(f"invalid torch device {requested!r}; allowed: {', '.join(TORCH_DEVICES)}")
+    if requested == "cpu":
+        return "cpu"
+    cuda = torch_module is not None and bool(torch_module.cuda.is_available())
+    if requested == "cuda":
+        if not cuda:
+            raise ValueError("torch sees no CUDA device" if torch_module is not None else "torch is not installed")
+        return "cuda"
+    backend = jax.default_backend() if jax_backend is None else jax_backend
+    return "cuda" if cuda and backend == "gpu" else "cpu"
+
+
+def set_precision(precision: str, torch_module=None) -> dict:
+    """Sets float32 matmul precision on both sides; returns the resulting settings.
+
+    ``default`` changes nothing. ``tf32``: JAX ``jax_default_matmul_precision="tensorfloat32"``,
+    torch TF32 allowed in cuBLAS matmuls and cuDNN (its RNNs). ``float32``: JAX ``"float32"``
+    (XLA's HIGHEST), torch TF32 off in both. Uses torch's legacy ``allow_tf32`` flags only (mixing
+    them with the newer ``fp32_precision`` API is an error in torch).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"invalid precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+    if precision != "default":
+        jax.config.update("jax_default_matmul_precision",
+                          "tensorfloat32" if precision == "tf32" else "float32")
+        if torch_module is not None:
+            torch_module.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+            torch_module.backends.cudnn.allow_tf32 = precision == "tf32"
+    info = {"precision": precision, "jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
+    if torch_module is not None:
+        try:
+            info["torch_matmul_allow_tf32"] = bool(torch_module.backends.cuda.matmul.allow_tf32)
+            info["torch_cudnn_allow_tf32"] = bool(torch_module.backends.cudnn.allow_tf32)
+        except RuntimeError as e:  # flags set through torch's newer API elsewhere
+            info["torch_tf32"] = str(e)
+    return info
+
+
+def precision_probe(torch_device: str | None = None, n: int = 1024, b: int = 16, t: int = 50,
+                    h: int = 256) -> dict:
+    """Relative errors (‖out − ref‖/‖ref‖ against float64 on the CPU) of a float32 ``n``×``n``
+    matmul and of a float32 LSTM layer [``b``, ``t``, ``h``], on JAX's default device and (given
+    ``torch_device``) torch's: under 1e-5 is full float32, about 1e-4 and more TF32. The torch
+    LSTM is ``nn.LSTM`` (cuDNN on CUDA); the JAX one is rnn_jax's with the same weights."""
+    from rnn_jax import convert
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    w = rng.standard_normal((n, n)).astype(np.float32)
+    ref = a.astype(np.float64) @ w.astype(np.float64)
+
+    def rel(x, r):
+        x = np.asarray(x, np.float64)
+        return float(np.linalg.norm(x - r) / np.linalg.norm(r))
+
+    out = {"jax_matmul_rel_err": rel(jax.jit(jnp.matmul)(a, w), ref)}
+    xs = rng.standard_normal((b, t, h)).astype(np.float32)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None:
+        return out
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(h, h, batch_first=True)
+    with torch.no_grad():
+        for p in lstm.parameters():  # larger than torch's init, so the matmuls dominate the error
+            p.normal_(0.0, 1.0 / np.sqrt(h))
+        ref_lstm = lstm.double()(torch.from_numpy(xs).double())[0].numpy()
+        lstm = lstm.float()
+        params = {k: jnp.asarray(v, jnp.float32) for k, v in convert.from_torch_lstm(lstm).items()}
+        _, hs = layers.rnn(cells_lib.get("lstm"), params, jnp.asarray(xs))
+        out["jax_lstm_rel_err"] = rel(hs, ref_lstm)
+        if torch_device is not None:
+            dev = torch.device(torch_device)
+            mm = torch.from_numpy(a).to(dev) @ torch.from_numpy(w).to(dev)
+            out["torch_matmul_rel_err"] = rel(mm.cpu().numpy(), ref)
+            got = lstm.to(dev)(torch.from_numpy(xs).to(dev))[0]
+            out["torch_lstm_rel_err"] = rel(got.cpu().numpy(), ref_lstm)
+    return out
 
 
 def _jit_step(step, compiler_options: dict | None = None):
@@ -252,15 +357,27 @@ def flax_baseline(kind: str, b: int, t: int, h: int, unroll: int,
     return _timed_jax(f"flax {label}", _jax_sgd_step(loss, compiler_options), params, xs, target)
 
 
-def torch_baseline(kind: str, b: int, t: int, h: int) -> Timed | None:
+def torch_baseline(kind: str, b: int, t: int, h: int, device: str = "cpu") -> Timed | None:
+    """torch's nn.LSTM / nn.GRU on ``device`` (``cuda``: cuDNN's kernels), parameters and inputs
+    drawn on the CPU (the same values on either device) and moved there."""
     try:
         import torch
     except ImportError:
         return None
     torch.manual_seed(0)
     module = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(h, h, batch_first=True)
-    xs = torch.randn(b, t, h, requires_grad=True)
-    target = torch.randn(b, t, h)
+    if device == "cpu":
+        xs = torch.randn(b, t, h, requires_grad=True)
+        target = torch.randn(b, t, h)
+        sync = lambda: None  # noqa: E731
+        suffix = ""
+    else:
+        dev = torch.device(device)
+        module = module.to(dev)
+        xs = torch.randn(b, t, h).to(dev).requires_grad_(True)
+        target = torch.randn(b, t, h).to(dev)
+        sync = torch.cuda.synchronize
+        suffix = " (cuDNN)" if torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled else f" ({device})"
 
     def one():
         module.zero_grad(set_to_none=True)
@@ -271,15 +388,19 @@ def torch_baseline(kind: str, b: int, t: int, h: int) -> Timed | None:
             for p in module.parameters():
                 p.add_(p.grad, alpha=-LR)
 
+    sync()
     t0 = time.perf_counter()
     one()
+    sync()
     first = time.perf_counter() - t0
 
     def run(n):
+        sync()
         for _ in range(n):
             one()
+        sync()  # the GPU's queued work is part of the steps' time
 
-    return Timed(f"torch nn.{'LSTM' if kind == 'lstm' else 'GRU'}", run, first)
+    return Timed(f"torch nn.{'LSTM' if kind == 'lstm' else 'GRU'}{suffix}", run, first)
 
 
 def measure(timed: list[Timed], steps: int, rounds: int, progress=print) -> dict[str, list[float]]:
@@ -296,12 +417,15 @@ def measure(timed: list[Timed], steps: int, rounds: int, progress=print) -> dict
 
 def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines: list[str],
               steps: int, rounds: int, unroll: int = 1, progress=print, floor: bool = False,
-              compiler_options: dict | None = None) -> list[dict]:
+              compiler_options: dict | None = None, torch_device: str = "cpu",
+              on_rows: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Runs the benchmark and returns one row per (config, implementation).
 
     With ``floor``, each cell also gets a :func:`matmul_floor` row, compared with the baselines
     like the other rows (to within elementwise work, a bound for implementations on XLA's matmuls).
-    ``compiler_options`` go to every JAX implementation's ``jax.jit`` (ours, the floor, Flax).
+    ``compiler_options`` go to every JAX implementation's ``jax.jit`` (ours, the floor, Flax);
+    ``torch_device`` is where the torch baseline runs (``cpu`` or ``cuda``). ``on_rows`` is called
+    with the rows so far after each (config, cell), e.g. to save them before a long run ends.
     """
     rows = []
     for spec in configs:
@@ -318,7 +442,7 @@ def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines:
                 timed.append(flax_baseline(kind, b, t, h, unroll, compiler_options))
                 base_names.append(timed[-1].name)
             if kind and "torch" in baselines:
-                tb = torch_baseline(kind, b, t, h)
+                tb = torch_baseline(kind, b, t, h, torch_device)
                 if tb is not None:
                     timed.append(tb)
                     base_names.append(tb.name)
@@ -334,18 +458,28 @@ def benchmark(cells: list[str], configs: list[str], impls: list[str], baselines:
                     for base in base_names:
                         row[f"speedup_vs[{base}]"] = medians[base] / ms
                 rows.append(row)
+            if on_rows is not None:
+                on_rows(rows)
     return rows
 
 
-def environment() -> dict:
+def environment(torch_device: str = "cpu") -> dict:
     import flax
     info = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
             "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "processor": _cpu_name()}
+    if jax.default_backend() != "cpu":
+        info["jax_devices"] = [str(d.device_kind) for d in jax.devices()]
     try:
         import torch
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        info["torch_device"] = torch_device
+        if torch_device == "cuda":
+            info["torch_device_name"] = torch.cuda.get_device_name()
+            info["torch_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            info["torch_cuda"] = torch.version.cuda
+            info["cudnn"] = torch.backends.cudnn.version()
     except ImportError:
         pass
     return info
@@ -441,6 +575,13 @@ flags.DEFINE_integer("rounds", 5, "Interleaved rounds; the median is reported.")
 flags.DEFINE_bool("floor", False, "Also time each cell's matmuls alone, as XLA runs them (a floor).")
 flags.DEFINE_integer("unroll", 1, "lax.scan unroll for the JAX implementations.")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: number of cores).")
+flags.DEFINE_enum("torch_device", "auto", list(TORCH_DEVICES),
+                  "Where the torch baseline runs: auto = cuda (cuDNN) if torch sees a CUDA device and"
+                  " JAX's backend is gpu, else cpu.")
+flags.DEFINE_enum("precision", "default", list(PRECISIONS),
+                  "float32 matmul precision on both sides: default = each framework's own; tf32 ="
+                  " JAX tensorfloat32 and torch allow_tf32 (cuBLAS and cuDNN); float32 = JAX float32"
+                  " (HIGHEST) and torch TF32 off. Matters on GPUs with TF32 (Ampere and later).")
 flags.DEFINE_string("json_out", "", "Also write the rows and the environment to this JSON file.")
 flags.DEFINE_multi_string("xla_options", [],
                           "An XLA compile option name=value for every JAX implementation's jax.jit"
@@ -486,17 +627,33 @@ def main(argv):
         import torch
         torch.set_num_threads(FLAGS.torch_threads or os.cpu_count())
     except ImportError:
-        pass
-    env = environment()
+        torch = None
+    try:
+        torch_device = resolve_torch_device(FLAGS.torch_device, torch)
+    except ValueError as e:
+        raise app.UsageError(f"--torch_device={FLAGS.torch_device}: {e}")
+    precision = set_precision(FLAGS.precision, torch)
+    env = environment(torch_device)
     env["xla_options"] = xla_options
-    print(json.dumps(env))
+    env.update(precision)
+    if jax.default_backend() != "cpu" or torch_device != "cpu":
+        try:
+            env.update(precision_probe(torch_device if torch is not None else None))
+        except Exception as e:  # a report, not a reason to lose the timings
+            env["precision_probe_error"] = repr(e)
+    print(json.dumps(env), flush=True)
+
+    def save(rows):  # after each (config, cell): a run stopped early keeps what it measured
+        if FLAGS.json_out:
+            with open(FLAGS.json_out, "w") as f:
+                json.dump({"environment": env, "rows": rows}, f, indent=1)
+
     rows = benchmark(FLAGS.cells, FLAGS.configs, FLAGS.impls, FLAGS.baselines, FLAGS.steps,
                      FLAGS.rounds, FLAGS.unroll, progress=lambda s: print(s, file=sys.stderr, flush=True),
-                     floor=FLAGS.floor, compiler_options=xla_options)
+                     floor=FLAGS.floor, compiler_options=xla_options, torch_device=torch_device,
+                     on_rows=save)
     print(format_table(rows))
-    if FLAGS.json_out:
-        with open(FLAGS.json_out, "w") as f:
-            json.dump({"environment": env, "rows": rows}, f, indent=1)
+    save(rows)
 
 
 if __name__ == "__main__":

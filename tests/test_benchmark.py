@@ -81,3 +81,75 @@ def test_floor_step_does_the_training_steps_matmul_flops(cell):
     step, params, xs, v = benchmark.floor_step(cell, b, t, h)
     counted = _dot_flops(jax.make_jaxpr(step)(params, xs, v).jaxpr)
     assert counted == 3 * benchmark.matmul_flops_forward(cells.get(cell), b, t, h)
+
+
+class _FakeCuda:
+    def __init__(self, available):
+        self.available = available
+
+    def is_available(self):
+        return self.available
+
+
+class _FakeTorch:
+    def __init__(self, cuda):
+        self.cuda = _FakeCuda(cuda)
+
+
+def test_torch_device_auto_is_cuda_only_with_a_gpu_on_both_sides():
+    resolve = benchmark.resolve_torch_device
+    assert resolve("auto", _FakeTorch(True), "gpu") == "cuda"
+    assert resolve("auto", _FakeTorch(True), "cpu") == "cpu"  # JAX on the CPU: compare like with like
+    assert resolve("auto", _FakeTorch(False), "gpu") == "cpu"
+    assert resolve("auto", None, "gpu") == "cpu"
+    assert resolve("cpu", _FakeTorch(True), "gpu") == "cpu"
+    assert resolve("cuda", _FakeTorch(True), "cpu") == "cuda"
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        resolve("cuda", _FakeTorch(False), "gpu")
+    with pytest.raises(ValueError, match="torch is not installed"):
+        resolve("cuda", None, "gpu")
+    with pytest.raises(ValueError, match="invalid torch device 'tpu'"):
+        resolve("tpu", None)
+
+
+def test_torch_device_flag_falls_back_to_cpu_here():
+    """On this machine (JAX on the CPU) auto is cpu, and the flag parses and validates."""
+    from absl import flags
+
+    torch = None
+    try:
+        import torch
+    except ImportError:
+        pass
+    if jax.default_backend() == "cpu":
+        assert benchmark.resolve_torch_device("auto", torch) == "cpu"
+
+    def parse(*args):  # a copy of the benchmark's two flags, parsed without touching its FLAGS
+        fv = flags.FlagValues()
+        for name in ("torch_device", "precision"):
+            f = benchmark.FLAGS[name]
+            flags.DEFINE_enum(name, f.default, f.parser.enum_values, f.help, flag_values=fv)
+        fv(["prog", *args])
+        return fv.torch_device, fv.precision
+
+    assert parse() == ("auto", "default")
+    assert parse("--torch_device=cuda", "--precision=tf32") == ("cuda", "tf32")
+    assert parse("--torch_device=cpu", "--precision=float32") == ("cpu", "float32")
+    with pytest.raises(flags.IllegalFlagValueError):
+        parse("--torch_device=gpu")
+
+
+def test_set_precision_default_changes_nothing():
+    before = jax.config.jax_default_matmul_precision
+    info = benchmark.set_precision("default", None)
+    assert info == {"precision": "default", "jax_default_matmul_precision": before}
+    assert jax.config.jax_default_matmul_precision == before
+    with pytest.raises(ValueError, match="invalid precision 'fp16'"):
+        benchmark.set_precision("fp16")
+
+
+def test_torch_baseline_on_cpu_keeps_its_name_and_runs():
+    pytest.importorskip("torch")
+    tb = benchmark.torch_baseline("gru", 2, 3, 4, "cpu")
+    assert tb.name == "torch nn.GRU" and tb.compile_s > 0
+    tb.run(1)
