@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnn_jax.errors import InputError
+
 Array = jax.Array
 Params = dict
 
@@ -102,7 +104,7 @@ def _make_init(spec, init_scale: float, hidden_size: int):
 
 def _check_choice(cell: str, field: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(
+        raise InputError(
             f"{cell}: invalid {field}={value!r}; allowed values: {', '.join(map(repr, allowed))}"
         )
 
@@ -116,7 +118,7 @@ def _canonical_dtype(cell: str, field: str, value, allow_none: bool):
         name = None
     if name not in DTYPE_NAMES:
         allowed = DTYPE_NAMES + (("None",) if allow_none else ())
-        raise ValueError(f"{cell}: invalid {field}={value!r}; allowed: {', '.join(allowed)}")
+        raise InputError(f"{cell}: invalid {field}={value!r}; allowed: {', '.join(allowed)}")
     return jnp.dtype(name)
 
 
@@ -201,7 +203,7 @@ class Cell:
             if not callable(value):
                 _check_choice(self.name, field, value, INIT_NAMES)
         if not isinstance(self.init_scale, (int, float)) or not self.init_scale > 0:
-            raise ValueError(f"{self.name}: init_scale must be a positive number, got {self.init_scale!r}")
+            raise InputError(f"{self.name}: init_scale must be a positive number, got {self.init_scale!r}")
         object.__setattr__(self, "dtype", _canonical_dtype(self.name, "dtype", self.dtype, True))
         object.__setattr__(
             self, "param_dtype", _canonical_dtype(self.name, "param_dtype", self.param_dtype, False)
@@ -237,7 +239,7 @@ class Cell:
     def _checked_spec(self, input_size, hidden_size) -> dict:
         for what, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"{self.name}: {what} must be a positive integer, got {value!r}")
+                raise InputError(f"{self.name}: {what} must be a positive integer, got {value!r}")
         return self.param_spec(int(input_size), int(hidden_size))
 
     def param_names(self, input_size: int = 1, hidden_size: int = 1) -> tuple[str, ...]:
@@ -472,17 +474,18 @@ class LSTMCell(Cell):
         for field in ("input_gate", "forget_gate", "output_gate", "peepholes", "input_activation",
                       "output_activation", "coupled", "full_gate_recurrence"):
             if not isinstance(getattr(self, field), bool):
-                raise ValueError(f"{self.name}: {field} must be True or False, got {getattr(self, field)!r}")
+                raise InputError(f"{self.name}: {field} must be True or False, got {getattr(self, field)!r}")
         if not isinstance(self.forget_bias, (int, float)):
-            raise ValueError(f"{self.name}: forget_bias must be a number, got {self.forget_bias!r}")
+            raise InputError(f"{self.name}: forget_bias must be a number, got {self.forget_bias!r}")
         if self.coupled and not (self.input_gate and self.forget_gate):
-            raise ValueError(f"{self.name}: coupled=True (f = 1 - i) needs input_gate=True and forget_gate=True")
+            raise InputError(f"{self.name}: coupled=True (f = 1 - i) needs input_gate=True and forget_gate=True")
         if self.forget_bias and (not self.forget_gate or self.coupled):
-            raise ValueError(f"{self.name}: forget_bias={self.forget_bias} needs a forget gate with its own parameters"
+            raise InputError(f"{self.name}: forget_bias={self.forget_bias} needs a forget gate with its own parameters"
                              " (forget_gate=True, coupled=False)")
         if self.full_gate_recurrence and not (self.input_gate and self.forget_gate and self.output_gate
                                               and not self.coupled):
-            raise ValueError(f"{self.name}: full_gate_recurrence=True needs all three gates (i, f, o) and coupled=False")
+            raise InputError(f"{self.name}: full_gate_recurrence=True needs all three gates (i, f, o)"
+                             " and coupled=False")
 
     # Gates with their own parameters, in the fixed order i, f, o, then the block input g.
     @property
@@ -624,7 +627,7 @@ class GRUCell(Cell):
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.reset_after, bool):
-            raise ValueError(f"{self.name}: reset_after must be True or False, got {self.reset_after!r}")
+            raise InputError(f"{self.name}: reset_after must be True or False, got {self.reset_after!r}")
 
     @property
     def recurrent_groups(self):
@@ -703,7 +706,7 @@ class _MUTCell(Cell):
         if self.input_term == "linear":
             return {"W_xx": ((input_size, hidden_size), "input"), "b_x": ((hidden_size,), "bias")}
         if input_size != hidden_size:
-            raise ValueError(
+            raise InputError(
                 f"{self.name} adds the raw input x to hidden-size terms, so with input_term='identity'"
                 f" it needs input_size == hidden_size (got input_size={input_size},"
                 f" hidden_size={hidden_size}). Embed or project the inputs to the hidden size, or use"
@@ -745,7 +748,7 @@ class MUT1Cell(_MUTCell):
     >>> rnn_jax.cells.get("mut1").init(jax.random.PRNGKey(0), 3, 4)
     Traceback (most recent call last):
     ...
-    ValueError: mut1 adds the raw input x ... needs input_size == hidden_size (got input_size=3, hidden_size=4)...
+    rnn_jax.errors.InputError: mut1 adds the raw input x ... needs input_size == hidden_size (got input_size=3, ...
     """
 
     _input_param = "W_xz"
@@ -943,14 +946,14 @@ def _lookup(name):
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), _REGISTRY, n=3)
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(f"unknown cell {name!r}{hint}; registered cells: {', '.join(_REGISTRY)}")
+        raise InputError(f"unknown cell {name!r}{hint}; registered cells: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 
 def get(name: str | Cell, **opts) -> Cell:
     """The cell registered as ``name``, configured with ``opts``.
 
-    Unknown names and options raise ``ValueError`` listing the valid ones; options that define a
+    Unknown names and options raise :class:`~rnn_jax.errors.InputError` listing the valid ones; options that define a
     named variant (``forget_gate`` for ``lstm_f``, ...) cannot be overridden.
 
     >>> import rnn_jax
@@ -959,26 +962,26 @@ def get(name: str | Cell, **opts) -> Cell:
     >>> rnn_jax.cells.get("lstm", reset_after=True)
     Traceback (most recent call last):
     ...
-    ValueError: lstm: unknown option 'reset_after'; valid options: kernel_init, recurrent_init, ...
+    rnn_jax.errors.InputError: lstm: unknown option 'reset_after'; valid options: kernel_init, recurrent_init, ...
     """
     if isinstance(name, Cell):
         allowed = [f.name for f in dataclasses.fields(name) if f.init and f.name not in ("name", "_fixed")]
         for key in opts:
             if key in name._fixed:
-                raise ValueError(f"{name.name}: option {key!r} is fixed by this variant")
+                raise InputError(f"{name.name}: option {key!r} is fixed by this variant")
             if key not in allowed:
-                raise ValueError(f"{name.name}: unknown option {key!r}; valid options: {', '.join(allowed)}")
+                raise InputError(f"{name.name}: unknown option {key!r}; valid options: {', '.join(allowed)}")
         return dataclasses.replace(name, **opts) if opts else name
     cls, fixed, _ = _lookup(name)
     allowed = options(name)
     for key in opts:
         if key in fixed:
-            raise ValueError(f"{name}: option {key!r} is fixed to {fixed[key]!r} by this variant;"
+            raise InputError(f"{name}: option {key!r} is fixed to {fixed[key]!r} by this variant;"
                              f" use a different cell name (e.g. 'lstm') to set it")
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.75)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{name}: unknown option {key!r}{hint}; valid options: {', '.join(allowed)}")
+            raise InputError(f"{name}: unknown option {key!r}{hint}; valid options: {', '.join(allowed)}")
     return cls(name=name, **fixed, **opts, _fixed=tuple(fixed))
 
 
@@ -993,13 +996,13 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     """
     import ast
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"a cell spec is a non-empty string like 'gru:reset_after=True', got {spec!r}")
+        raise InputError(f"a cell spec is a non-empty string like 'gru:reset_after=True', got {spec!r}")
     name, _, rest = spec.strip().partition(":")
     opts = {}
     for item in filter(None, rest.split(";")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"invalid cell spec {spec!r}: options are key=value, e.g. gru:reset_after=True")
+            raise InputError(f"invalid cell spec {spec!r}: options are key=value, e.g. gru:reset_after=True")
         try:
             opts[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):

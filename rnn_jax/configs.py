@@ -2,8 +2,8 @@
 
 ``parse_arg("cell=gru,hidden=512,runlocal", cell="lstm", hidden=256, runlocal=False)`` returns a
 ``ConfigDict`` with each value converted to the type of its default; a bare key sets a boolean to
-true. Unknown keys and unconvertible values raise ``ValueError`` naming the key and the allowed
-ones. Configs never run code from the arg string.
+true. Unknown keys and unconvertible values raise :class:`~rnn_jax.errors.InputError` (a ``ValueError``)
+naming the key and the allowed ones. Configs never run code from the arg string.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import ml_collections
+
+from rnn_jax.errors import InputError
 
 
 def _convert(key: str, text: str, default: Any):
@@ -20,17 +22,17 @@ def _convert(key: str, text: str, default: Any):
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"config arg {key}={text!r}: expected a boolean (true/false)")
+        raise InputError(f"config arg {key}={text!r}: expected a boolean (true/false)")
     if isinstance(default, int):
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"config arg {key}={text!r}: expected an integer") from None
+            raise InputError(f"config arg {key}={text!r}: expected an integer") from None
     if isinstance(default, float):
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"config arg {key}={text!r}: expected a number") from None
+            raise InputError(f"config arg {key}={text!r}: expected a number") from None
     return text
 
 
@@ -41,10 +43,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         key, sep, text = item.partition("=")
         key = key.strip()
         if key not in defaults:
-            raise ValueError(f"unknown config arg {key!r}; allowed: {', '.join(sorted(defaults))}")
+            raise InputError(f"unknown config arg {key!r}; allowed: {', '.join(sorted(defaults))}")
         if not sep:
             if not isinstance(defaults[key], bool):
-                raise ValueError(f"config arg {key!r} needs a value ({key}=...)")
+                raise InputError(f"config arg {key!r} needs a value ({key}=...)")
             values[key] = True
         else:
             values[key] = _convert(key, text.strip(), defaults[key])
@@ -54,13 +56,13 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def check_choice(name: str, value, allowed: Iterable) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ValueError(f"config.{name} = {value!r} is not allowed; choose one of: "
+        raise InputError(f"config.{name} = {value!r} is not allowed; choose one of: "
                          f"{', '.join(map(str, allowed))}")
 
 
 def check_int(name: str, value, minimum: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"config.{name} = {value!r}: must be an integer >= {minimum}")
+        raise InputError(f"config.{name} = {value!r}: must be an integer >= {minimum}")
 
 
 def check_number(name: str, value, minimum: float = 0.0, maximum: float | None = None,
@@ -73,4 +75,4 @@ def check_number(name: str, value, minimum: float = 0.0, maximum: float | None =
     if not ok:
         lo = f"> {minimum}" if strict else f">= {minimum}"
         hi = f" and < {maximum}" if maximum is not None else ""
-        raise ValueError(f"config.{name} = {value!r}: must be a number {lo}{hi}")
+        raise InputError(f"config.{name} = {value!r}: must be a number {lo}{hi}")

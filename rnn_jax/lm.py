@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from rnn_jax import cells as cells_lib
 from rnn_jax import layers
+from rnn_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +70,9 @@ def check_sizes(model, names) -> None:
     for name in names:
         value = getattr(model, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
     if not 0.0 <= model.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {model.dropout!r}")
+        raise InputError(f"dropout must be in [0, 1), got {model.dropout!r}")
 
 
 def zero_carries(model, batch_size: int) -> list:

@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax import cells as cells_lib
-from rnn_jax import layers
-from rnn_jax import lm
+from rnn_jax import layers, lm
 
 
 @dataclasses.dataclass(frozen=True)

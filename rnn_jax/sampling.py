@@ -11,17 +11,18 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.errors import InputError
 from rnn_jax.lm import LanguageModel
 
 
 def check_sampling_args(temperature: float, top_k: int, length: int, num_samples: int) -> None:
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
-        raise ValueError(f"temperature must be a number > 0 (use greedy for argmax), got {temperature!r}")
+        raise InputError(f"temperature must be a number > 0 (use greedy for argmax), got {temperature!r}")
     if not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 = no limit), got {top_k!r}")
+        raise InputError(f"top_k must be an integer >= 0 (0 = no limit), got {top_k!r}")
     for name, value in (("length", length), ("num_samples", num_samples)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
 
 
 def choose(key, logits_BxV, *, temperature: float = 1.0, top_k: int = 0, greedy: bool = False):

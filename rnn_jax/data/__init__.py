@@ -1,7 +1,16 @@
 """Data: text corpora (characters, Penn Treebank words, prepared TFDS), generated tasks, LM batching."""
 
-from rnn_jax.data.batches import (Lanes, Streams, eval_chunks, eval_positions, stream_weights, tbptt_batch,
-                                  tbptt_steps_per_epoch, to_chunks, window_batch)
+from rnn_jax.data.batches import (
+                                  Lanes,
+                                  Streams,
+                                  eval_chunks,
+                                  eval_positions,
+                                  stream_weights,
+                                  tbptt_batch,
+                                  tbptt_steps_per_epoch,
+                                  to_chunks,
+                                  window_batch,
+)
 from rnn_jax.data.tasks import TASKS, TaskCorpus, task_corpus
 from rnn_jax.data.text import Corpus, Vocab, char_corpus, load_corpus, ptb_corpus, read_utf8, tfds_corpus
 

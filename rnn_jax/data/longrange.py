@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rnn_jax.errors import InputError
+
 __all__ = ["COPY_SYMBOLS", "adding_problem", "copy_memory"]
 
 #: How many symbols the copy task asks the model to remember.
@@ -52,9 +54,9 @@ _ADDING_TAG = 2
 
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise InputError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -87,7 +89,7 @@ def copy_memory(seed: int, batch_size: int, length: int, num_symbols: int = 8,
         delay = max_delay
     delay = _check_int("delay", delay, 0)
     if delay > max_delay:
-        raise ValueError(f"delay={delay} does not fit in length={length}: the 10 symbols, the"
+        raise InputError(f"delay={delay} does not fit in length={length}: the 10 symbols, the"
                          f" delimiter and the 10 answer steps leave room for at most"
                          f" length - 21 = {max_delay} blanks")
 

@@ -40,6 +40,8 @@ import numpy as np
 
 from rnn_jax.data import safe_pickle
 from rnn_jax.data.safe_pickle import PickleDataError, SafeUnpickler, UnsafePickleError
+from rnn_jax.data.text import check_data_file
+from rnn_jax.errors import InputError
 
 SPLITS = ("train", "valid", "test")
 MIN_PITCH = 0
@@ -74,18 +76,18 @@ def _decode(data: bytes, path: str):
         try:
             return json.loads(text_start.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
+            raise InputError(f"{path}: not valid JSON: {e}") from None
     try:
         return _read_pickle(data)
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{path}: {e}") from None
     except PickleDataError as e:  # a NumPy value that is malformed or unsupported
-        raise ValueError(f"{path}: {e}") from None
+        raise InputError(f"{path}: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
             AttributeError, OverflowError, MemoryError, UnicodeDecodeError, RecursionError) as e:
         if data[:1] == b"\x80":  # the PROTO opcode: it claims to be a pickle
-            raise ValueError(f"{path}: not a valid pickle: {type(e).__name__}: {e}") from None
-        raise ValueError(f"{path}: unrecognised format: expected a JSON object (starting with "
+            raise InputError(f"{path}: not a valid pickle: {type(e).__name__}: {e}") from None
+        raise InputError(f"{path}: unrecognised format: expected a JSON object (starting with "
                          "'{') or a pickle of {'train': ..., 'valid': ..., 'test': ...}") from None
 
 
@@ -95,50 +97,50 @@ def _type(value) -> str:
 
 def _pitch(value, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: pitch {value!r} ({_type(value)}) is not a number")
+        raise InputError(f"{where}: pitch {value!r} ({_type(value)}) is not a number")
     if isinstance(value, float):
         if not (math.isfinite(value) and value.is_integer()):
-            raise ValueError(f"{where}: pitch {value!r} is not an integer")
+            raise InputError(f"{where}: pitch {value!r} is not an integer")
         value = int(value)
     if not MIN_PITCH <= value <= MAX_PITCH:
-        raise ValueError(f"{where}: pitch {value} is outside the MIDI range {MIN_PITCH}..{MAX_PITCH}")
+        raise InputError(f"{where}: pitch {value} is outside the MIDI range {MIN_PITCH}..{MAX_PITCH}")
     return value
 
 
 def _validate(obj, path: str) -> dict:
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict with keys {list(SPLITS)}, got {_type(obj)}")
+        raise InputError(f"{path}: expected a dict with keys {list(SPLITS)}, got {_type(obj)}")
     for split in SPLITS:  # sizes first, cheaply: a small pickle can describe a huge object
         if split in obj and isinstance(obj[split], (list, tuple)):
             steps = sum(len(q) for q in obj[split] if isinstance(q, (list, tuple)))
             if steps > MAX_STEPS:
-                raise ValueError(f"{path}: split {split!r} has {steps} time steps (at most {MAX_STEPS})")
+                raise InputError(f"{path}: split {split!r} has {steps} time steps (at most {MAX_STEPS})")
     out = {}
     notes = 0
     for split in SPLITS:
         if split not in obj:
             found = [k if isinstance(k, str) else repr(k) for k in obj]
-            raise ValueError(f"{path}: missing split {split!r}; keys found: {found}")
+            raise InputError(f"{path}: missing split {split!r}; keys found: {found}")
         seqs = obj[split]
         if not isinstance(seqs, (list, tuple)):
-            raise ValueError(f"{path}: split {split!r} must be a list of sequences, got {_type(seqs)}")
+            raise InputError(f"{path}: split {split!r} must be a list of sequences, got {_type(seqs)}")
         clean = []
         for i, seq in enumerate(seqs):
             where = f"{path}: split {split!r}, sequence {i}"
             if not isinstance(seq, (list, tuple)):
-                raise ValueError(f"{where}: expected a list of time steps, got {_type(seq)} {seq!r:.60}")
+                raise InputError(f"{where}: expected a list of time steps, got {_type(seq)} {seq!r:.60}")
             if not seq:
-                raise ValueError(f"{where}: empty sequence (no time steps)")
+                raise InputError(f"{where}: empty sequence (no time steps)")
             notes += sum(len(step) if isinstance(step, (list, tuple)) else 0 for step in seq)
             if notes > MAX_NOTES:
-                raise ValueError(f"{where}: more than {MAX_NOTES} notes in the file")
+                raise InputError(f"{where}: more than {MAX_NOTES} notes in the file")
             steps = []
             for t, step in enumerate(seq):
                 at = f"{where}, step {t}"
                 if not isinstance(step, (list, tuple)):
-                    raise ValueError(f"{at}: expected a list of pitches, got {_type(step)} {step!r:.60}")
+                    raise InputError(f"{at}: expected a list of pitches, got {_type(step)} {step!r:.60}")
                 if len(step) > MAX_NOTES_PER_STEP:
-                    raise ValueError(f"{at}: {len(step)} notes in one step (at most {MAX_NOTES_PER_STEP})")
+                    raise InputError(f"{at}: {len(step)} notes in one step (at most {MAX_NOTES_PER_STEP})")
                 steps.append([_pitch(p, at) for p in step])
             clean.append(steps)
         out[split] = clean
@@ -150,14 +152,15 @@ def load_piano_rolls(path) -> dict[str, list[list[list[int]]]]:
 
     Returns ``{"train", "valid", "test"}`` (other keys in the file are ignored), each a list of
     sequences of time steps of ``int`` pitches (NumPy scalars and 1-D arrays in a pickle become
-    ``int``/``float`` pitches and lists of them). Malformed content raises ``ValueError`` naming the
-    path and, where known, the split, sequence, step and value; a pickle that refers to any class or
-    function other than NumPy's numeric scalar and array reconstructors, or to a non-numeric dtype,
-    raises :class:`UnsafePickleError` (a ``pickle.UnpicklingError``) before anything is imported.
+    ``int``/``float`` pitches and lists of them). Malformed content raises
+    :class:`~rnn_jax.errors.InputError` (a ``ValueError``) naming the path and, where known, the
+    split, sequence, step and value; a pickle that refers to any class or function other than NumPy's
+    numeric scalar and array reconstructors, or to a non-numeric dtype, raises
+    :class:`UnsafePickleError` (a ``pickle.UnpicklingError`` and an ``InputError``) before anything
+    is imported. A missing path raises ``FileNotFoundError``, a directory ``IsADirectoryError``.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such dataset file: {path}")
+    check_data_file(path)
     with open(path, "rb") as f:
         data = f.read()
     return _validate(_decode(data, path), path)
@@ -184,9 +187,9 @@ def _check_range(low, high) -> None:
     for name, value in (("low", low), ("high", high)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
                 or not MIN_PITCH <= value <= MAX_PITCH:
-            raise ValueError(f"{name} must be a MIDI pitch in {MIN_PITCH}..{MAX_PITCH}, got {value!r}")
+            raise InputError(f"{name} must be a MIDI pitch in {MIN_PITCH}..{MAX_PITCH}, got {value!r}")
     if low > high:
-        raise ValueError(f"low ({low}) must not be above high ({high})")
+        raise InputError(f"low ({low}) must not be above high ({high})")
 
 
 def piano_roll(sequences, low: int, high: int) -> np.ndarray:
@@ -202,7 +205,7 @@ def piano_roll(sequences, low: int, high: int) -> np.ndarray:
         for t, step in enumerate(seq):
             for p in step:
                 if not low <= p <= high:
-                    raise ValueError(f"sequence {i}, step {t}: pitch {p!r} is outside the range "
+                    raise InputError(f"sequence {i}, step {t}: pitch {p!r} is outside the range "
                                      f"{low}..{high}")
                 rows.append(frame)
                 cols.append(int(p) - low)
@@ -258,7 +261,7 @@ def piano_rolls(path, low: int | None = None, high: int | None = None) -> PianoR
     data = load_piano_rolls(path)
     pitches = [p for split in SPLITS for seq in data[split] for step in seq for p in step]
     if (low is None or high is None) and not pitches:
-        raise ValueError(f"{path}: no notes in any split; give low and high explicitly")
+        raise InputError(f"{path}: no notes in any split; give low and high explicitly")
     low = min(pitches) if low is None else low
     high = max(pitches) if high is None else high
     _check_range(low, high)
@@ -267,6 +270,6 @@ def piano_rolls(path, low: int | None = None, high: int | None = None) -> PianoR
         try:
             rolls[split] = piano_roll(data[split], low, high)
         except ValueError as e:
-            raise ValueError(f"{path}: split {split!r}, {e}") from None
+            raise InputError(f"{path}: split {split!r}, {e}") from None
     return PianoRolls(low=int(low), high=int(high), **rolls,
                       starts={split: _starts(data[split]) for split in SPLITS})

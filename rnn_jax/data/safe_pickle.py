@@ -35,15 +35,20 @@ import pickletools
 
 import numpy as np
 
+from rnn_jax.errors import InputError
+
 __all__ = ["ALLOWED_OPCODES", "DTYPES", "HELPER_GLOBALS", "NUMPY_GLOBALS", "NUMPY_OPCODES",
            "PickleDataError", "SafeUnpickler", "UnsafePickleError", "check_opcodes", "loads"]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle used something refused (an opcode, a global, a dtype); nothing was imported or called."""
+class UnsafePickleError(pickle.UnpicklingError, InputError):
+    """A pickle used something refused (an opcode, a global, a dtype); nothing was imported or called.
+
+    Also an :class:`~rnn_jax.errors.InputError`: the file the user gave is at fault, not the program.
+    """
 
 
-class PickleDataError(ValueError):
+class PickleDataError(InputError):
     """A NumPy value in a pickle is malformed or unsupported (byte count, shape, length, state)."""
 
 

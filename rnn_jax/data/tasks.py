@@ -40,6 +40,7 @@ from typing import Mapping
 import numpy as np
 
 from rnn_jax.data.text import Corpus, Vocab
+from rnn_jax.errors import InputError
 
 TASKS = ("arithmetic", "xml", "memorization")
 SPLITS = ("train", "valid", "test")
@@ -124,7 +125,7 @@ def _vocab(task: str) -> Vocab:
         return Vocab(tuple("</>" + LETTERS), "char")
     if task == "memorization":
         return Vocab(tuple("=." + LETTERS), "char")
-    raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    raise InputError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
 
 
 BLOCK = 256  # examples drawn from one random stream (seeding a generator costs more than an example)
@@ -133,7 +134,7 @@ BLOCK = 256  # examples drawn from one random stream (seeding a generator costs 
 def _generator(task: str):
     makers = {"arithmetic": arithmetic_example, "xml": xml_example, "memorization": memorization_example}
     if task not in makers:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+        raise InputError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     return makers[task]
 
 
@@ -158,24 +159,24 @@ def check_options(task: str, options: Mapping) -> dict:
                "xml": ("max_iters", "min_len", "max_len"),
                "memorization": ("num_symbols", "alphabet")}
     if task not in allowed:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+        raise InputError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     options = dict(options)
     for key, value in options.items():
         if key not in allowed[task]:
-            raise ValueError(f"unknown option {key!r} for task {task!r}; allowed: {', '.join(allowed[task])}")
+            raise InputError(f"unknown option {key!r} for task {task!r}; allowed: {', '.join(allowed[task])}")
         if key == "negative_prob":
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-                raise ValueError(f"{task} option negative_prob={value!r}: must be a number in [0, 1]")
+                raise InputError(f"{task} option negative_prob={value!r}: must be a number in [0, 1]")
             continue
         minimum = 0 if key == "max_distractors" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{task} option {key}={value!r}: must be an integer >= {minimum}")
+            raise InputError(f"{task} option {key}={value!r}: must be an integer >= {minimum}")
     if task == "xml" and options.get("min_len", 2) > options.get("max_len", 10):
-        raise ValueError(f"xml options min_len={options.get('min_len', 2)} > max_len={options.get('max_len', 10)}")
+        raise InputError(f"xml options min_len={options.get('min_len', 2)} > max_len={options.get('max_len', 10)}")
     if task == "memorization" and options.get("alphabet", 26) > 26:
-        raise ValueError(f"memorization option alphabet={options['alphabet']}: at most 26 letters")
+        raise InputError(f"memorization option alphabet={options['alphabet']}: at most 26 letters")
     if task == "arithmetic" and options.get("max_digits", 8) > 18:
-        raise ValueError(f"arithmetic option max_digits={options['max_digits']}: at most 18")
+        raise InputError(f"arithmetic option max_digits={options['max_digits']}: at most 18")
     return options
 
 
@@ -186,7 +187,7 @@ def task_stream(task: str, seed: int, split: str, num_chars: int, **options):
     XML) to arrays with one entry per character.
     """
     if not isinstance(num_chars, int) or num_chars < 1:
-        raise ValueError(f"num_chars must be a positive integer, got {num_chars!r}")
+        raise InputError(f"num_chars must be a positive integer, got {num_chars!r}")
     check_options(task, options)
     texts, scored, predictable, ids = [], [], [], []
     total, index, block = 0, 0, []
@@ -214,7 +215,7 @@ def task_corpus(task: str, seed: int = 0, num_chars: Mapping[str, int] | None = 
     given = dict(num_chars or {})
     unknown = sorted(set(given) - set(SPLITS))
     if unknown:
-        raise ValueError(f"num_chars: unknown split(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(SPLITS)}")
+        raise InputError(f"num_chars: unknown split(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(SPLITS)}")
     sizes = {"train": 200_000, "valid": 20_000, "test": 20_000, **given}
     arrays, marks = {}, {}
     for split in SPLITS:

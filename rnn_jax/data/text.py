@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rnn_jax.errors import InputError
+
 PTB_FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}
 EOS = "<eos>"
 UNK = "<unk>"
@@ -52,7 +54,7 @@ class Vocab:
             if self.level == "word" and UNK in index:
                 return np.asarray([index.get(s, index[UNK]) for s in items], np.int32)
             shown = ", ".join(repr(s) for s in missing[:10])
-            raise ValueError(f"{len(missing)} symbol(s) not in the vocabulary: {shown}"
+            raise InputError(f"{len(missing)} symbol(s) not in the vocabulary: {shown}"
                              f"{' ...' if len(missing) > 10 else ''}")
         return np.asarray([index[s] for s in items], np.int32)
 
@@ -83,10 +85,10 @@ class Vocab:
         if self == other:
             return
         if self.level != other.level:
-            raise ValueError(f"{where}: vocabulary level {other.level!r} differs from the saved {self.level!r}")
+            raise InputError(f"{where}: vocabulary level {other.level!r} differs from the saved {self.level!r}")
         added = sorted(set(other.symbols) - set(self.symbols))[:10]
         removed = sorted(set(self.symbols) - set(other.symbols))[:10]
-        raise ValueError(
+        raise InputError(
             f"{where}: the data's vocabulary ({len(other)} symbols) differs from the one saved in the "
             f"run directory ({len(self)} symbols); new: {added}, missing: {removed}"
             + ("; same symbols in a different order" if not added and not removed else "")
@@ -106,10 +108,21 @@ class Corpus:
         return getattr(self, name)
 
 
-def read_utf8(path: str) -> str:
-    """Read a UTF-8 file; undecodable bytes raise an error giving byte offset, line and column."""
+def check_data_file(path) -> None:
+    """Raise ``FileNotFoundError`` when ``path`` does not exist, ``IsADirectoryError`` when it is a directory."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{os.fspath(path)!r} is a directory, not a data file")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path!r} does not exist")
+        raise FileNotFoundError(f"data file {os.fspath(path)!r} does not exist")
+
+
+def read_utf8(path: str) -> str:
+    """Read a UTF-8 file; undecodable bytes raise an error giving byte offset, line and column.
+
+    A missing path raises ``FileNotFoundError``, a directory ``IsADirectoryError``, bytes that are not
+    UTF-8 :class:`~rnn_jax.errors.InputError`.
+    """
+    check_data_file(path)
     with open(path, "rb") as f:
         raw = f.read()
     try:
@@ -118,7 +131,7 @@ def read_utf8(path: str) -> str:
         line = raw.count(b"\n", 0, e.start) + 1
         col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
         bad = raw[e.start:e.end]
-        raise ValueError(f"{path}: not valid UTF-8 at byte {e.start} (line {line}, column {col}): "
+        raise InputError(f"{path}: not valid UTF-8 at byte {e.start} (line {line}, column {col}): "
                          f"byte(s) {bad!r} ({e.reason})") from None
 
 
@@ -126,10 +139,10 @@ def split_by_fractions(n: int, fractions: Sequence[float]) -> tuple:
     """Boundaries ``(a, b)`` that cut ``n`` items into train ``[:a]``, valid ``[a:b]``, test ``[b:]``."""
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"data.splits must be three non-negative fractions (train, valid, test) "
+        raise InputError(f"data.splits must be three non-negative fractions (train, valid, test) "
                          f"summing to 1, got {fractions}")
     if fractions[0] == 0 or fractions[1] == 0:
-        raise ValueError(f"data.splits needs non-zero train and valid fractions, got {fractions}")
+        raise InputError(f"data.splits needs non-zero train and valid fractions, got {fractions}")
     a = int(round(n * fractions[0]))
     b = int(round(n * (fractions[0] + fractions[1])))
     return a, b
@@ -142,7 +155,7 @@ def char_corpus(path: str, splits: Sequence[float] = (0.9, 0.05, 0.05)) -> Corpu
     """
     text = read_utf8(path)
     if not text:
-        raise ValueError(f"{path}: the file is empty")
+        raise InputError(f"{path}: the file is empty")
     vocab = Vocab(tuple(sorted(set(text))), "char")
     ids = vocab.encode(text)
     a, b = split_by_fractions(len(ids), splits)
@@ -166,6 +179,8 @@ def ptb_corpus(data_dir: str) -> Corpus:
     frequency (ties alphabetically); words of valid/test that it lacks map to ``<unk>`` when the
     vocabulary has it and are an error otherwise.
     """
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise NotADirectoryError(f"data.dir {data_dir!r} is a file, not a directory")
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"data.dir {data_dir!r} is not a directory")
     missing = [f for f in PTB_FILES.values() if not os.path.isfile(os.path.join(data_dir, f))]
@@ -175,7 +190,7 @@ def ptb_corpus(data_dir: str) -> Corpus:
     words = {k: _read_ptb_file(os.path.join(data_dir, f)) for k, f in PTB_FILES.items()}
     for k, w in words.items():
         if not w:
-            raise ValueError(f"{os.path.join(data_dir, PTB_FILES[k])}: the file is empty")
+            raise InputError(f"{os.path.join(data_dir, PTB_FILES[k])}: the file is empty")
     counts = collections.Counter(words["train"])
     vocab = Vocab(tuple(sorted(counts, key=lambda w: (-counts[w], w))), "word")
     arrays = {}
@@ -183,7 +198,7 @@ def ptb_corpus(data_dir: str) -> Corpus:
         try:
             arrays[k] = vocab.encode(w)
         except ValueError as e:
-            raise ValueError(f"{PTB_FILES[k]}: {e} (the training file has no {UNK!r} to map them to)") from None
+            raise InputError(f"{PTB_FILES[k]}: {e} (the training file has no {UNK!r} to map them to)") from None
     return Corpus(vocab, arrays["train"], arrays["valid"], arrays["test"])
 
 
@@ -204,7 +219,7 @@ def tfds_corpus(name: str, data_dir: str | None = None, feature: str = "text",
         try:
             source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
         except Exception as e:  # tfds raises several types for a dataset that is not prepared
-            raise ValueError(f"tfds dataset {name!r} split {split!r} is not prepared in "
+            raise InputError(f"tfds dataset {name!r} split {split!r} is not prepared in "
                              f"{data_dir or 'the default data dir'} (nothing is downloaded): {e}") from None
         docs = []
         for i in range(len(source)):
@@ -212,7 +227,7 @@ def tfds_corpus(name: str, data_dir: str | None = None, feature: str = "text",
             docs.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
         texts.append("\n".join(docs))
     if not texts[0]:
-        raise ValueError(f"tfds dataset {name!r}: the training split is empty")
+        raise InputError(f"tfds dataset {name!r}: the training split is empty")
     vocab = Vocab(tuple(sorted(set("".join(texts)))), "char")
     return Corpus(vocab, *(vocab.encode(t) for t in texts))
 
@@ -227,4 +242,4 @@ def load_corpus(data) -> Corpus:
         return char_corpus(path, data.splits)
     if kind == "ptb":
         return ptb_corpus(data.dir)
-    raise ValueError(f"data.kind must be one of char, ptb; got {kind!r}")
+    raise InputError(f"data.kind must be one of char, ptb; got {kind!r}")
