@@ -8,6 +8,13 @@ with the same settings for every cell; the best setting by validation metric is 
 ``--seeds`` seeds; the table (Markdown, LaTeX, CSV) and learning curves are written to
 ``<sweep_dir>/report`` from the run directories. Re-running skips finished points, so an
 interrupted comparison continues where it stopped.
+
+The data paths (``--ptb_dir``, ``--music_path``) of the chosen tasks are checked before anything is
+launched or any directory is made. The command ends with one line counting the runs
+(``12 points: 10 completed, 1 diverged, 1 failed; failed: <run dir> (ValueError: ...)``) and exits
+with status 1 when a run failed or when no run completed (no table). A diverged run does not fail
+a comparison: divergence is a legitimate outcome of a grid point (too high a learning rate), and
+the table counts it; ``experiments.sweep run`` treats it as a failure instead.
 """
 
 import os
@@ -18,6 +25,7 @@ from absl import app, flags
 
 from experiments import cli
 from rnn_jax import report, sweep
+from rnn_jax.errors import InputError
 from rnn_jax.sweep import compare
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tasks.py")
@@ -26,7 +34,8 @@ _PRESET = flags.DEFINE_enum("preset", "quick", list(compare.PRESETS), "Protocol 
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Sweep directory (default runs/compare_<preset>).")
 _CELLS = flags.DEFINE_list("cells", list(compare.DEFAULT_CELLS), "Cells (registry names, options after ':').")
 _TASKS = flags.DEFINE_list("tasks", None, "Tasks (default: the preset's): arithmetic, xml, memorization, ptb, music.")
-_SETTINGS = flags.DEFINE_integer("settings", None, "N: hyperparameter settings per cell and task (default: the preset's).")
+_SETTINGS = flags.DEFINE_integer("settings", None,
+                                 "N: hyperparameter settings per cell and task (default: the preset's).")
 _SEEDS = flags.DEFINE_integer("seeds", None, "K: seeds of the best setting (default: the preset's).")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: the preset's).")
 _BUDGET = flags.DEFINE_integer("budget", None, "Parameters per model (default: the preset's); the hidden size follows.")
@@ -49,20 +58,19 @@ def main(argv):
             changes[name] = flag.value
     for name in ("settings", "seeds", "steps", "budget"):
         if name in changes and changes[name] < 1:
-            raise app.UsageError(f"--{name} must be at least 1, got {changes[name]}")
+            raise InputError(f"--{name}={changes[name]}: must be an integer >= 1")
     if changes:
         preset = compare.dataclasses.replace(preset, **changes)
     data_paths = {"ptb": _PTB_DIR.value, "music": _MUSIC.value}
-    try:
-        cells = compare.check_cells(_CELLS.value)
-        tasks = compare.check_tasks(_TASKS.value or list(preset.tasks), data_paths)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
     sweep_dir = _SWEEP_DIR.value or os.path.join("runs", f"compare_{_PRESET.value}")
-    try:
+    try:  # every check before anything is launched or made
+        cells = compare.check_cells(_CELLS.value)
+        tasks = compare.check_tasks(_TASKS.value or list(preset.tasks), data_paths)  # data paths too
         search = compare.search_points(preset, cells, tasks, data_paths)
         if not _DRY_RUN.value:
             compare.check_sweep_dir(sweep_dir, preset)
+    except InputError:
+        raise  # one line (experiments.cli)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     print(f"{len(cells)} cells x {len(tasks)} tasks x {len(search) // (len(cells) * len(tasks))} "
@@ -74,15 +82,25 @@ def main(argv):
         return
     started = time.time()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    sweep.launch_local(sweep_dir, CONFIG, search, workers=_WORKERS.value, log=log, describe=compare.describe)
+    statuses = sweep.launch_local(sweep_dir, CONFIG, search, workers=_WORKERS.value, log=log,
+                                  describe=compare.describe)
     if preset.seeds > 1:
         reruns = compare.seed_points(search, compare.read_results(sweep_dir, search), preset.seeds)
-        sweep.launch_local(sweep_dir, CONFIG, reruns, workers=_WORKERS.value, log=log,
-                           describe=compare.describe)
-    out = report.write_report(sweep_dir, cells=cells, tasks=tasks)
+        statuses.update(sweep.launch_local(sweep_dir, CONFIG, reruns, workers=_WORKERS.value, log=log,
+                                           describe=compare.describe))
+    line, ok = sweep.summarize(sweep_dir, statuses, diverged_ok=True)
     minutes = (time.time() - started) / 60
+    try:
+        out = report.write_report(sweep_dir, cells=cells, tasks=tasks)
+    except report.NoCompletedRuns as e:
+        print(e, file=sys.stderr, flush=True)
+        print(f"{minutes:.1f} min\n{line}")
+        sys.exit(1)
     print(out["markdown"])
     print(f"\n{minutes:.1f} min; tables and curves in {os.path.join(sweep_dir, 'report')}")
+    print(line)
+    if not ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

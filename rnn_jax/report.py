@@ -11,10 +11,18 @@ Protocol of :func:`comparison`, per (cell, task): runs are grouped by *setting* 
 without the seed and without fields that only change logging, checkpointing or data paths); the
 search score of a setting is the validation metric (:data:`TASK_METRICS`) of its lowest-seed
 completed run, and the best setting is the one with the best score (ties: the one with more
-completed seeds, then the lower setting hash). ``best`` is the test metric of that lowest-seed run; ``mean`` and ``std`` are over all
-completed seeds of the best setting, ``std`` being the population standard deviation (``ddof=0``,
-so 0 with one seed). Diverged and failed runs count as tried but are never best; runs without a
-``result.json`` are pending (still running) and are left out of the tables.
+completed seeds, then the lower setting hash). ``best`` is the test metric of that lowest-seed run;
+``mean`` and ``std`` are over all completed seeds of the best setting, ``std`` being the population
+standard deviation (``ddof=0``, so 0 with one seed). Diverged and failed runs count as tried but are
+never best; runs without a ``result.json`` are pending (still running) and are left out of the
+tables.
+
+A directory with a ``result.json`` but no ``config.json`` is a run that failed before writing its
+config (a missing data file, a bad cell option): it has no cell or task, so it is in no table, but
+:func:`write_report` counts it among the failed runs. When no run completed there is nothing to
+tabulate: :func:`write_report` raises :class:`NoCompletedRuns`, whose message counts the run
+directories by status and names the first failures, e.g. ``runs/x: 4 run directories, none
+completed (4 failed: runs/p-ab12 (ValueError: ...), ...); no table``.
 """
 
 from __future__ import annotations
@@ -27,6 +35,13 @@ import json
 import math
 import os
 from typing import Iterable, Sequence
+
+from rnn_jax.errors import InputError
+
+
+class NoCompletedRuns(ValueError):
+    """A sweep directory whose run directories hold no completed run: there is no table to make.
+    The message counts the runs by status and names the first failures."""
 
 
 def read_result(workdir: str) -> dict | None:
@@ -242,18 +257,37 @@ def read_json(path: str):
         return None
 
 
+def _run_dirs(sweep_dir: str):
+    """``(path, has_config)`` of every directory at or below ``sweep_dir`` holding a
+    ``config.json`` or a ``result.json``, without descending into one."""
+    if not os.path.isdir(sweep_dir):
+        raise InputError(f"{sweep_dir} is not a directory")
+    for root, dirs, files in os.walk(sweep_dir):
+        dirs.sort()
+        if "config.json" in files or "result.json" in files:
+            dirs[:] = []  # checkpoints and other subdirectories of a run are not runs
+            yield root, "config.json" in files
+
+
+def find_unconfigured(sweep_dir: str) -> list[tuple[str, dict]]:
+    """``(workdir, result)`` of the runs that stopped before writing their ``config.json``: a
+    directory at or below ``sweep_dir`` with a ``result.json`` (a failure, usually) and no config."""
+    out = []
+    for root, has_config in _run_dirs(sweep_dir):
+        if not has_config:
+            result = read_json(os.path.join(root, "result.json"))
+            out.append((root, result if isinstance(result, dict) else {"status": "failed"}))
+    return sorted(out)
+
+
 def find_runs(sweep_dir: str) -> list[Run]:
     """Every directory at or below ``sweep_dir`` that holds a ``config.json`` (not descending into
     a run directory), sorted by path. ``sweep.json`` and other files are ignored; a run whose
     ``result.json`` is missing (or unreadable) has ``result=None`` (pending/running)."""
-    if not os.path.isdir(sweep_dir):
-        raise ValueError(f"{sweep_dir} is not a directory")
     runs = []
-    for root, dirs, files in os.walk(sweep_dir):
-        dirs.sort()
-        if "config.json" not in files:
+    for root, has_config in _run_dirs(sweep_dir):
+        if not has_config:
             continue
-        dirs[:] = []  # checkpoints and other subdirectories of a run are not runs
         config = read_json(os.path.join(root, "config.json"))
         if not isinstance(config, dict):
             continue  # a torn or foreign config.json
@@ -601,10 +635,16 @@ def write_report(sweep_dir: str, out_dir: str | None = None, tasks: Sequence[str
     (cell, task), not filtered) and ``curves_<task>.png``. ``tasks``/``cells`` order and filter the
     tables and plots. Returns ``{"markdown", "table_md", "table_tex", "table_csv",
     "comparison_json", "curves", "comparison"}`` (file paths, the Markdown text, the comparison).
-    Raises ``ValueError`` when there is no run directory."""
+    The result also has ``failed``: ``(workdir, error)`` of every failed run, those without a
+    config included. Raises ``InputError`` when there is no run directory and
+    :class:`NoCompletedRuns` when no run completed."""
     runs = find_runs(sweep_dir)
-    if not runs:
-        raise ValueError(f"no run directories (directories with a config.json) under {sweep_dir}")
+    early = find_unconfigured(sweep_dir)
+    if not runs and not early:
+        raise InputError(f"no run directories (directories with a config.json) under {sweep_dir}")
+    failed = failed_runs(runs, early)
+    if not any(r.status == "completed" for r in runs):
+        raise NoCompletedRuns(no_table_message(sweep_dir, runs, early))
     out_dir = out_dir or os.path.join(sweep_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     comp = comparison(runs)
@@ -618,7 +658,42 @@ def write_report(sweep_dir: str, out_dir: str | None = None, tasks: Sequence[str
     pending = [r.workdir for r in runs if r.result is None]
     _write_text_atomic(paths["comparison_json"],
                        json.dumps(_json_safe({"sweep_dir": sweep_dir, "num_runs": len(runs), "pending": pending,
-                                              "comparison": comp}),
+                                              "failed": [w for w, _ in failed], "comparison": comp}),
                                   indent=2, sort_keys=True, allow_nan=False) + "\n")
     curves = plot_task_curves(runs, comp, out_dir, tasks=tasks, cells=cells)
-    return {"markdown": markdown, **paths, "curves": curves, "comparison": comp}
+    return {"markdown": markdown, **paths, "curves": curves, "comparison": comp, "failed": failed}
+
+
+def _error_line(result: dict | None) -> str:
+    text = str((result or {}).get("error") or "no error recorded").strip()
+    line = text.splitlines()[0] if text else "no error recorded"
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def failed_runs(runs: Sequence[Run], early: Sequence[tuple[str, dict]] = ()) -> list[tuple[str, str]]:
+    """``(workdir, first line of the error)`` of the failed runs (status neither completed,
+    diverged nor pending), those that stopped before writing a config (``early``) included."""
+    out = [(r.workdir, _error_line(r.result)) for r in runs
+           if r.result is not None and r.status not in ("completed", "diverged")]
+    out += [(w, _error_line(res)) for w, res in early if res.get("status") not in ("completed", "diverged")]
+    return sorted(out)
+
+
+def no_table_message(sweep_dir: str, runs: Sequence[Run], early: Sequence[tuple[str, dict]] = (),
+                     show: int = 3) -> str:
+    """``<sweep_dir>: N run directories, none completed (3 failed, 1 pending; failed: runs/p-x
+    (ValueError: ...), ...); no table``."""
+    statuses = [r.status for r in runs] + [str(res.get("status", "failed")) for _, res in early]
+    counts: dict = {}
+    for st in statuses:
+        st = st if st in ("completed", "diverged", "pending") else "failed"
+        counts[st] = counts.get(st, 0) + 1
+    what = ", ".join(f"{counts[st]} {st}" for st in ("failed", "diverged", "pending") if st in counts)
+    failed = failed_runs(runs, early)
+    if failed:
+        shown = ", ".join(f"{os.path.relpath(w, sweep_dir)} ({e})" for w, e in failed[:show])
+        more = f" and {len(failed) - show} more" if len(failed) > show else ""
+        what = (f"{len(failed)} failed: {shown}{more}" if what == f"{len(failed)} failed"
+                else f"{what}; failed: {shown}{more}")
+    n = len(statuses)
+    return f"{sweep_dir}: {n} run director{'y' if n == 1 else 'ies'}, none completed ({what}); no table"

@@ -1,6 +1,22 @@
-"""Fields shared by the language-model configs (see char_lm.py and word_lm.py)."""
+"""Fields shared by the language-model configs (see char_lm.py and word_lm.py), and the arg-string
+helpers of every config here.
+
+Arg strings: a value the user typed wins over ``runlocal`` and over a preset. ``runlocal`` (and a
+preset) only change the *defaults* the arg string is parsed against (:func:`parse`), and every
+size, count and rate is checked at ``get_config`` (:func:`check_int`, :func:`check_number`): a bad
+value raises :class:`rnn_jax.errors.InputError` naming the arg, e.g.
+``config arg hidden=-5: must be an integer >= 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
 
 import ml_collections
+
+from rnn_jax.configs import parse_arg
+from rnn_jax.errors import InputError
 
 
 def lm_config() -> ml_collections.ConfigDict:
@@ -25,6 +41,9 @@ def lm_config() -> ml_collections.ConfigDict:
         eval_batch_size=64, test_batch_size=0,  # 0: same as eval_batch_size
         log_every=20, eval_every=200, checkpoint_every=200, max_to_keep=2,
         sample_length=200, sample_temperature=0.8,
+        # diverged: a loss that is not finite, or above diverge_factor x the loss of uniform
+        # predictions (ln V nats per token; P ln 2 per piano-roll frame); 0: only non-finite values
+        diverge_factor=10.0,
         data_parallel=False))  # True: the batch split over all local devices, parameters replicated
     c.optim = ml_collections.ConfigDict(dict(
         name="adam", learning_rate=2e-3, momentum=0.9, b1=0.9, b2=0.999, eps=1e-8, rmsprop_decay=0.9,
@@ -33,3 +52,42 @@ def lm_config() -> ml_collections.ConfigDict:
             name="cosine", decay_factor=2.0, decay_start_epoch=4, patience=0, max_halvings=5,
             warmup_steps=0, decay_begin=0.5, end_fraction=0.0))))
     return c
+
+
+# ----------------------------------------------------------------------------- arg strings
+
+def typed_keys(arg: str | None) -> set:
+    """The keys the user wrote in an arg string: ``"runlocal,steps=3"`` -> ``{"runlocal", "steps"}``."""
+    return {item.partition("=")[0].strip() for item in (arg or "").split(",") if item.strip()}
+
+
+def parse(arg: str | None, defaults: Mapping[str, Any], runlocal: Mapping[str, Any] = ()) -> ml_collections.ConfigDict:
+    """``parse_arg(arg, **defaults)``, where ``runlocal`` (when the arg sets it) changes the
+    *defaults*: a value the user typed always wins over the smoke-run size."""
+    a = parse_arg(arg, **defaults)
+    if a.get("runlocal") and runlocal:
+        a = parse_arg(arg, **{**defaults, **dict(runlocal)})
+    return a
+
+
+def check_int(a, name: str, minimum: int = 1) -> None:
+    """``InputError`` naming the arg unless ``a[name]`` is an integer >= ``minimum``."""
+    value = a[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InputError(f"config arg {name}={value!r}: must be an integer >= {minimum}")
+
+
+def check_number(a, name: str, minimum: float = 0.0, maximum: float | None = None, strict: bool = False,
+                 strict_max: bool = True) -> None:
+    """``InputError`` naming the arg unless ``a[name]`` is a finite number in the range
+    (``strict``: above ``minimum``; ``strict_max``: below ``maximum``)."""
+    value = a[name]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = value > minimum if strict else value >= minimum
+        if maximum is not None:
+            ok = ok and (value < maximum if strict_max else value <= maximum)
+    if not ok:
+        lo = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        hi = "" if maximum is None else f" and {'<' if strict_max else '<='} {maximum:g}"
+        raise InputError(f"config arg {name}={value!r}: must be a number {lo}{hi}")

@@ -23,15 +23,24 @@ JSB test NLL of 8.45; Chung et al. (2014) report 8.67 (LSTM) and 8.54 (GRU) with
 the README for what to expect and the time it takes.
 
 Arg string: ``cell=gru,hidden=128,layers=1,steps=2000,lr=1e-3,dropout=0.3,protocol=stream,runlocal``.
+``runlocal`` shrinks the run to a smoke test; a value typed in the arg string wins over it. Sizes,
+steps, batch, learning rate and dropout are checked here (``hidden=-5`` is refused, naming the arg).
 """
 
 from experiments.configs import common
-from rnn_jax.configs import parse_arg
+
+DEFAULTS = dict(cell="lstm", hidden=200, layers=1, steps=3000, batch=8, seq_len=100, lr=1e-3, dropout=0.3,
+                seed=0, protocol="pieces", runlocal=False)
+RUNLOCAL = dict(hidden=16, steps=6, batch=2, seq_len=4)  # defaults of a smoke run
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, cell="lstm", hidden=200, layers=1, steps=3000, batch=8, seq_len=100,
-                  lr=1e-3, dropout=0.3, seed=0, protocol="pieces", runlocal=False)
+    a = common.parse(arg, DEFAULTS, RUNLOCAL)
+    for name in ("hidden", "layers", "steps", "batch", "seq_len"):
+        common.check_int(a, name)
+    common.check_int(a, "seed", minimum=0)
+    common.check_number(a, "lr", strict=True)
+    common.check_number(a, "dropout", 0.0, 1.0)
     c = common.lm_config()
     c.seed, c.cell = a.seed, a.cell
     c.model.update(embed_size=a.hidden, hidden_size=a.hidden, num_layers=a.layers, dropout=a.dropout,
@@ -42,9 +51,7 @@ def get_config(arg=None):
     c.optim.update(name="adam", learning_rate=a.lr, max_norm=5.0)
     c.optim.schedule.update(name="constant")
     if a.runlocal:
-        c.model.update(embed_size=16, hidden_size=16)
-        c.train.update(batch_size=2, seq_len=4, eval_batch_size=2, num_steps=6, log_every=2,
-                       eval_every=3, checkpoint_every=3)
+        c.train.update(log_every=2, eval_every=3, checkpoint_every=3)
     return c
 
 

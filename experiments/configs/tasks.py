@@ -8,9 +8,9 @@ continuous stream cut into ``batch=20`` contiguous streams, unrolled ``seq_len=3
 hidden state carried across minibatches and never reset between examples; inputs embedded to the
 hidden size (MUT1/MUT2 add the raw input to a hidden-sized gate); every matrix uniform in
 ``±init_scale/sqrt(hidden)`` (``init_style=uniform``; ``init_style=lecun``: LeCun-normal input
-matrices, orthogonal recurrent ones, unit-scale embeddings); SGD with gradient clipping. The loss counts the scored positions
-(the answers; every character for XML) and the best checkpoint is the one with the best
-validation accuracy.
+matrices, orthogonal recurrent ones, unit-scale embeddings); SGD with gradient clipping. The loss
+counts the scored positions (the answers; every character for XML) and the best checkpoint is the
+one with the best validation accuracy.
 
 ``task=ptb,data_path=DIR`` (Penn Treebank files) and ``task=music,data_path=FILE`` (piano rolls)
 are selected by validation loss and report perplexity / NLL per frame. PTB is one stream like
@@ -19,24 +19,35 @@ at every piece start and each piece is scored from the zero state).
 
 Arg string: ``task=arithmetic,cell=lstm_f,hidden=128,layers=1,steps=2000,lr=0.5,init=1.0,
 max_norm=5,optimizer=sgd,init_style=uniform,digits=8,negative=0.5,distractors=3,train_chars=1000000,
-eval_chars=20000,eval_every=500,seed=0,runlocal``.
+eval_chars=20000,eval_every=500,seed=0,runlocal``. ``runlocal`` shrinks the run to a smoke test (a
+16-unit model, 20 steps of 4x10 on 4000 characters); a value typed in the arg string wins over it.
+Sizes, counts and rates are checked here (``hidden=-5`` is refused, naming the arg).
 """
 
 import math
 
 from experiments.configs import common
-from rnn_jax.configs import check_choice, parse_arg
+from rnn_jax.configs import check_choice
 from rnn_jax.data.tasks import TASKS
 
 ALL_TASKS = TASKS + ("ptb", "music")  # ptb and music read files: data_path=...
+DEFAULTS = dict(task="arithmetic", cell="lstm", hidden=128, layers=1, steps=3000, batch=20, seq_len=35, lr=0.5,
+                init=1.0, max_norm=5.0, optimizer="sgd", init_style="uniform", digits=8, negative=0.0,
+                distractors=3, data_path="", train_chars=1_000_000, eval_chars=20_000, eval_every=500, seed=0,
+                runlocal=False)
+# defaults of a smoke run
+RUNLOCAL = dict(hidden=16, steps=20, batch=4, seq_len=10, train_chars=4000, eval_chars=600, eval_every=10)
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, task="arithmetic", cell="lstm", hidden=128, layers=1, steps=3000, batch=20,
-                  seq_len=35, lr=0.5, init=1.0, max_norm=5.0, optimizer="sgd", init_style="uniform",
-                  digits=8, negative=0.0,
-                  distractors=3, data_path="", train_chars=1_000_000, eval_chars=20_000, eval_every=500, seed=0,
-                  runlocal=False)
+    a = common.parse(arg, DEFAULTS, RUNLOCAL)
+    for name in ("hidden", "layers", "steps", "batch", "seq_len", "digits", "train_chars", "eval_chars"):
+        common.check_int(a, name)
+    for name in ("distractors", "eval_every", "seed"):  # eval_every=0: once per epoch
+        common.check_int(a, name, minimum=0)
+    for name in ("lr", "init", "max_norm"):
+        common.check_number(a, name, strict=True)
+    common.check_number(a, "negative", 0.0, 1.0, strict_max=False)
     check_choice("task", a.task, ALL_TASKS)
     check_choice("init_style", a.init_style, ("uniform", "lecun"))
     c = common.lm_config()
@@ -69,10 +80,7 @@ def get_config(arg=None):
     c.optim.update(name=a.optimizer, learning_rate=a.lr, max_norm=a.max_norm)
     c.optim.schedule.update(name="constant")
     if a.runlocal:
-        c.model.update(embed_size=16, hidden_size=16)
-        c.data.num_chars = dict(train=4000, valid=600, test=600)
-        c.train.update(batch_size=4, seq_len=10, eval_batch_size=4, num_steps=20, log_every=5,
-                       eval_every=10, checkpoint_every=10)
+        c.train.update(log_every=5)
     return c
 
 

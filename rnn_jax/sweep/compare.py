@@ -17,7 +17,9 @@ from typing import Mapping, Sequence
 
 from rnn_jax import cells as cells_lib
 from rnn_jax.data import tasks as tasks_lib
+from rnn_jax.errors import InputError
 from rnn_jax.sweep import hparams
+from rnn_jax.sweep import points as points_lib
 
 DEFAULT_CELLS = ("rnn", "lstm", "lstm_f", "lstm_i", "lstm_o", "lstm_b", "gru", "mut1", "mut2", "mut3")
 TASKS = tasks_lib.TASKS + ("ptb", "music")
@@ -69,25 +71,42 @@ def check_cells(cells: Sequence[str]) -> list:
         try:
             cells_lib.parse_spec(spec)
         except ValueError as e:
-            raise ValueError(f"cell {spec!r}: {e}") from None
+            raise InputError(f"cell {spec!r}: {e}") from None
         out.append(spec)
     if not out:
-        raise ValueError("no cells given")
+        raise InputError("no cells given")
     return out
 
 
 def check_tasks(tasks: Sequence[str], data_paths: Mapping[str, str]) -> list:
+    """The tasks, checked: known, not repeated, and the data path of each that reads files given
+    and readable (:func:`check_data_paths`); ``InputError`` otherwise."""
     out = []
     for task in tasks:
         if task not in TASKS or task in out:
-            raise ValueError(f"unknown or repeated task {task!r}; choose from {', '.join(TASKS)}")
+            raise InputError(f"unknown or repeated task {task!r}; choose from {', '.join(TASKS)}")
         if task in ("ptb", "music") and not data_paths.get(task):
-            raise ValueError(f"task {task!r} reads files: give its data path "
-                             f"({'--ptb_dir' if task == 'ptb' else '--music_path'})")
+            raise InputError(f"task {task!r} reads files: give its data path ({DATA_FLAGS[task]})")
         out.append(task)
     if not out:
-        raise ValueError("no tasks given")
+        raise InputError("no tasks given")
+    check_data_paths(out, data_paths)
     return out
+
+
+DATA_FLAGS = {"ptb": "--ptb_dir", "music": "--music_path"}
+
+
+def check_data_paths(tasks: Sequence[str], data_paths: Mapping[str, str]) -> None:
+    """Before anything is launched: the data path of every task that reads files exists and is
+    readable (``--ptb_dir``: a directory with ``ptb.{train,valid,test}.txt``; ``--music_path``: a
+    file). Raises ``InputError`` naming the flag and the path."""
+    for task in tasks:
+        path = data_paths.get(task)
+        if task == "ptb" and path:
+            points_lib.check_ptb_dir(DATA_FLAGS[task], path)
+        elif task == "music" and path:
+            points_lib.check_data_file(DATA_FLAGS[task], path)
 
 
 def check_sweep_dir(sweep_dir: str, preset: Preset) -> None:
@@ -100,7 +119,7 @@ def check_sweep_dir(sweep_dir: str, preset: Preset) -> None:
             saved = json.load(f)
         if saved != mine:
             diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-            raise ValueError(f"{sweep_dir} holds a comparison made with other settings ({', '.join(diff)}"
+            raise InputError(f"{sweep_dir} holds a comparison made with other settings ({', '.join(diff)}"
                              f" differ); use another --sweep_dir")
         return
     os.makedirs(sweep_dir, exist_ok=True)
@@ -135,13 +154,13 @@ def point(preset: Preset, task: str, cell: str, setting: Mapping, seed: int,
     if task in ("ptb", "music"):
         path = os.path.abspath(data_paths[task])
         if "," in path or "=" in path:
-            raise ValueError(f"the {task} data path {path!r} contains ',' or '=': the config arg "
+            raise InputError(f"the {task} data path {path!r} contains ',' or '=': the config arg "
                              f"string cannot carry it; move or link the data to a plain path")
     try:
         hidden = hparams.hidden_for_budget(cell, int(setting["num_layers"]), _vocab_size(task, data_paths),
                                            preset.budget)
     except ValueError as e:
-        raise ValueError(f"task {task}: {e}; raise the parameter budget (--budget)") from None
+        raise InputError(f"task {task}: {e}; raise the parameter budget (--budget)") from None
     arg = [f"task={task}", f"hidden={hidden}", f"layers={setting['num_layers']}",
            f"init={_fmt(float(setting['init_scale']))}", f"lr={_fmt(float(setting['learning_rate']))}",
            f"max_norm={_fmt(float(setting['max_norm']))}", f"optimizer={preset.optimizer}",

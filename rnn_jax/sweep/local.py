@@ -9,13 +9,17 @@ The sweep directory alone says what has run: a point is done when its ``result.j
 ``completed`` or ``diverged`` (deterministic: re-running would diverge again); ``failed`` points
 and points without a result run again on the next launch. A point holds an exclusive lock on its
 run directory while it trains, so two launchers on one sweep never train the same point at once.
+
+:func:`summarize` turns the statuses of a launch into one line and a verdict: a *failed* point
+always fails the sweep; a *diverged* point fails it too unless ``diverged_ok`` (a comparison's grid
+point whose learning rate is too high diverges legitimately; a plain sweep expects every point to
+train to its end). Points held by another launcher (``running``) fail nothing.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import fcntl
 import json
 import multiprocessing
 import os
@@ -24,6 +28,8 @@ import time
 import traceback
 from typing import Any, Callable, Mapping, Sequence
 
+from rnn_jax import rundir
+from rnn_jax.errors import InputError
 from rnn_jax.sweep import points as points_lib
 
 DONE = ("completed", "diverged")
@@ -54,29 +60,11 @@ def _read_json(path: str, strict: bool = False):
         return None
 
 
-@contextlib.contextmanager
 def _locked(workdir: str, wait_s: float = 0.0, name: str = ".lock"):
     """Hold ``<workdir>/<name>`` exclusively; yields False when another process still holds it
-    after ``wait_s`` seconds."""
-    os.makedirs(workdir, exist_ok=True)
-    fd = os.open(os.path.join(workdir, name), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.time() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.time() >= deadline:
-                    yield False
-                    return
-                time.sleep(0.1)
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    after ``wait_s`` seconds. The run directory's lock is the trainer's own (:mod:`rnn_jax.rundir`):
+    the trainer a worker calls takes it again, and any other writer is refused."""
+    return rundir.locked(workdir, wait_s, name=name)
 
 
 def point_state(workdir: str) -> str:
@@ -222,7 +210,7 @@ def record_sweep(sweep_dir: str, config_path: str, base_arg: str | None, points:
         saved = (_read_json(path, strict=True)
                  or {"config": os.path.abspath(config_path), "arg": base_arg, "points": {}})
         if saved.get("config") != os.path.abspath(config_path) or saved.get("arg") != base_arg:
-            raise ValueError(f"{sweep_dir} holds a sweep of config {saved.get('config')} with arg "
+            raise InputError(f"{sweep_dir} holds a sweep of config {saved.get('config')} with arg "
                              f"{saved.get('arg')!r}; this launch is {os.path.abspath(config_path)} with "
                              f"{base_arg!r}. Use another sweep_dir.")
         names = []
@@ -242,6 +230,45 @@ def sweep_status(sweep_dir: str) -> dict:
     return {name: point_state(run_dir(sweep_dir, name)) for name in saved["points"]}
 
 
+def _first_line(text, limit: int = 160) -> str:
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def summarize(sweep_dir: str, statuses: Mapping[str, str], *, diverged_ok: bool = False,
+              show: int = 3) -> tuple[str, bool]:
+    """``(line, ok)`` for the ``{name: status}`` of a launch.
+
+    ``line`` counts the points by status and names the failed ones (and the diverged ones, unless
+    ``diverged_ok``) with their run directory and error, e.g. ``3 points: 1 completed, 1 diverged,
+    1 failed; failed: runs/p-ab12 (ValueError: ...); diverged: runs/p-cd34 (at step 12)``; at most
+    ``show`` of each are named. ``ok`` is False when a point failed, or diverged and not ``diverged_ok``.
+    """
+    counts: dict = {}
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    order = [s for s in ("completed", "diverged", "failed", "running", "started", "pending") if s in counts]
+    order += sorted(s for s in counts if s not in order)
+    n = len(statuses)
+    line = f"{n} point{'' if n == 1 else 's'}: " + (", ".join(f"{counts[s]} {s}" for s in order) or "none")
+    bad = ["failed"] + ([] if diverged_ok else ["diverged"])
+    for status in bad:
+        names = sorted(name for name, st in statuses.items() if st == status)
+        if not names:
+            continue
+        shown = []
+        for name in names[:show]:
+            result = _read_json(os.path.join(run_dir(sweep_dir, name), "result.json")) or {}
+            if status == "failed":
+                why = _first_line(result.get("error") or "no error recorded")
+            else:
+                why = f"at step {result['step']}" if isinstance(result.get("step"), int) else "non-finite loss"
+            shown.append(f"{run_dir(sweep_dir, name)} ({why})")
+        more = f" and {len(names) - show} more" if len(names) > show else ""
+        line += f"; {status}: " + ", ".join(shown) + more
+    return line, not any(counts.get(s) for s in bad)
+
+
 def launch_local(sweep_dir: str, config_path: str, points: Sequence[Mapping[str, Any]], *,
                  base_arg: str | None = None, workers: int | None = None, compile_cache: bool = True,
                  log: Callable[[str], None] | None = None, describe: Callable[[Mapping], str] | None = None) -> dict:
@@ -254,7 +281,7 @@ def launch_local(sweep_dir: str, config_path: str, points: Sequence[Mapping[str,
     describe = describe or (lambda p: ", ".join(f"{k}={v}" for k, v in p.items()))
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
     names = record_sweep(sweep_dir, config_path, base_arg, points)
     by_name = dict(zip(names, points))
     statuses = {}

@@ -24,7 +24,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
+from rnn_jax.errors import InputError
+
 ARG_KEY = "arg"
+PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")  # as rnn_jax.data.text reads them
 
 
 def canonical(overrides: Mapping[str, Any]) -> str:
@@ -89,8 +92,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
         for i, part in enumerate(parts[:-1]):
             if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
                 where = ".".join(parts[:i]) or "config"
+                sections = sorted(k for k in node.keys() if isinstance(node[k], ml_collections.ConfigDict))
                 raise ValueError(f"sweep override {key!r}: {where} has no section {part!r}; "
-                                 f"sections: {', '.join(sorted(k for k in node.keys() if isinstance(node[k], ml_collections.ConfigDict)))}")
+                                 f"sections: {', '.join(sections)}")
             node = node[part]
         leaf = parts[-1]
         if leaf not in node:
@@ -125,3 +129,72 @@ def sweep_points(config_path: str, extra: Iterable[Mapping[str, Any]] = ()) -> l
         if canonical(p) not in seen:
             points.append(dict(p))
     return points
+
+
+# ----------------------------------------------------------------------------- data paths, checked before a launch
+
+def _check_readable_file(what: str, path: str) -> None:
+    if not os.path.exists(path):
+        raise InputError(f"{what}={path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(f"{what}={path}: is a directory, not a file")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise InputError(f"{what}={path}: cannot be read ({e.strerror or e})") from None
+
+
+def check_data_file(what: str, path: str) -> None:
+    """``InputError`` naming ``what`` (a flag or field) and ``path`` unless it is a readable file."""
+    _check_readable_file(what, path)
+
+
+def check_ptb_dir(what: str, path: str) -> None:
+    """``InputError`` naming ``what`` and ``path`` unless it is a directory with readable
+    ``ptb.{train,valid,test}.txt``."""
+    if not os.path.exists(path):
+        raise InputError(f"{what}={path}: no such directory")
+    if not os.path.isdir(path):
+        raise InputError(f"{what}={path}: is a file, not a directory (give the directory holding "
+                         f"{', '.join(PTB_FILES)})")
+    missing = [f for f in PTB_FILES if not os.path.exists(os.path.join(path, f))]
+    if missing:
+        raise InputError(f"{what}={path}: the directory lacks {', '.join(missing)} "
+                         f"(expected {', '.join(PTB_FILES)})")
+    for f in PTB_FILES:
+        _check_readable_file(what, os.path.join(path, f))
+
+
+def check_data_paths(config_path: str, base_arg: str | None, points: Iterable[Mapping[str, Any]]) -> None:
+    """Check, before anything is launched, the data files every point reads (``data.path`` of the
+    char and music kinds, ``data.dir`` of ptb): ``InputError`` naming the point, the field and the
+    path. So is an error in the arg string (an ``InputError`` from ``get_config``). Points whose
+    config fails otherwise are left to fail in their worker, where the error is recorded."""
+    checked = set()
+    for p in points:
+        try:
+            config = point_config(config_path, base_arg, p)
+        except InputError as e:  # the arg string: the sweep's (every point), or the point's own
+            if ARG_KEY not in p:
+                raise
+            raise InputError(f"sweep point {point_name(p)} (arg={p[ARG_KEY]!r}): {e}") from None
+        except Exception:  # noqa: BLE001 - recorded as the point's failure when it runs
+            continue
+        data = config.get("data") or {}
+        kind, path, ptb_dir = data.get("kind"), data.get("path") or "", data.get("dir") or ""
+        if (kind, path, ptb_dir) in checked:
+            continue
+        checked.add((kind, path, ptb_dir))
+        where = f"sweep point {point_name(p)}: data"
+        if kind in ("char", "music"):
+            if not path:
+                raise InputError(f"{where}.path is empty: give the {'text' if kind == 'char' else 'piano-roll'}"
+                                 f" file (e.g. --config_override=data.path=FILE)")
+            if not (kind == "char" and path.startswith("tfds:")):
+                check_data_file(f"{where}.path", path)
+        elif kind == "ptb":
+            if not ptb_dir:
+                raise InputError(f"{where}.dir is empty: give the directory of {', '.join(PTB_FILES)} "
+                                 f"(e.g. --config_override=data.dir=DIR)")
+            check_ptb_dir(f"{where}.dir", ptb_dir)
