@@ -42,14 +42,16 @@ import tempfile
 import time
 from typing import Callable
 
-from absl import app, flags, logging
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
-from rnn_jax import cells as cells_lib
-from rnn_jax import layers
+if __package__ in (None, ""):  # run as a script (python experiments/benchmark.py): the repo root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import cli  # noqa: E402
+from rnn_jax import cells as cells_lib  # noqa: E402
+from rnn_jax import layers  # noqa: E402
 
 CONFIGS = {"c1": (32, 100, 256), "c2": (64, 100, 512), "c3": (16, 200, 128)}
 LR = 1e-3
@@ -595,7 +597,6 @@ def main(argv):
         if FLAGS.xla_options:
             raise app.UsageError("--xla_options applies to --what=steps only (the trials are"
                                  " compiled by rnn_jax.train, with XLA's defaults)")
-        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
         if FLAGS.trials < 1 or FLAGS.trial_steps < 1:
             raise app.UsageError(f"--trials={FLAGS.trials} and --trial_steps={FLAGS.trial_steps} must be >= 1")
         env = environment()
@@ -657,4 +658,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -30,11 +30,11 @@ import platform
 import time
 from typing import Callable, Sequence
 
-from absl import app, flags
-
 import jax
 import numpy as np
+from absl import app, flags
 
+from experiments import cli
 from rnn_jax import cells as cells_lib
 from rnn_jax import gradflow
 from rnn_jax.train import write_json_atomic
@@ -427,4 +427,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -573,7 +573,8 @@ def stacked_rnn(cell: cells_lib.Cell, params: Sequence[Any], xs: Array, carries=
     h = xs
     for k, (layer, carry) in enumerate(zip(params, carries)):
         if bidirectional:
-            final, out = _bidirectional(cell, layer, h, carry, seq_lengths=seq_lengths, resets=resets, time_major=time_major, **kwargs)
+            final, out = _bidirectional(cell, layer, h, carry, seq_lengths=seq_lengths, resets=resets,
+                                        time_major=time_major, **kwargs)
         else:
             final, out = rnn(cell, layer, h, carry, seq_lengths=seq_lengths, resets=resets,
                              time_major=time_major, **kwargs)

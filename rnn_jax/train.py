@@ -15,8 +15,8 @@ for bit (on CPU). Records that the stopped run wrote after its last checkpoint a
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import math
 import os
 import re
@@ -35,9 +35,10 @@ from rnn_jax import configs as cfg
 from rnn_jax import data as data_lib
 from rnn_jax import lm as lm_lib
 from rnn_jax import piano as piano_lib
-from rnn_jax.data import music as music_lib
-from rnn_jax import sampling
+from rnn_jax import rundir, sampling
 from rnn_jax.checkpoint import RunCheckpoints
+from rnn_jax.data import music as music_lib
+from rnn_jax.errors import InputError
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "zaremba", "plateau", "cosine")
@@ -46,6 +47,7 @@ LOSS_REDUCTIONS = ("mean", "sum_time")
 DATA_KINDS = ("char", "ptb", "music") + data_lib.TASKS
 LOSS_ON = ("all", "scored")
 MUSIC_PROTOCOLS = ("pieces", "stream")
+DIVERGE_FACTOR = 10.0  # default of train.diverge_factor
 SELECT_BY = ("valid_loss", "valid_accuracy")
 # Fields that may change when a run is resumed: they change logging, not the arithmetic (a moved
 # data file is allowed: the data's fingerprint in corpus.json is checked). The run length and the
@@ -54,6 +56,7 @@ SELECT_BY = ("valid_loss", "valid_accuracy")
 RESUMABLE_CHANGES = ("data.path", "data.dir", "data.tfds_data_dir", "train.num_steps",
                      "train.num_epochs", "train.log_every", "train.eval_every",
                      "train.checkpoint_every", "train.max_to_keep", "train.sample_length",
+                     "train.diverge_factor",  # when a run counts as diverged, not its arithmetic
                      "train.data_parallel",  # placement: a run may resume on another number of devices
                      "trials_per_program")  # a trial's checkpoint is a plain run's (rnn_jax.trials)
 
@@ -130,6 +133,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if t.num_steps == 0 and t.num_epochs == 0:
         raise ValueError("config.train.num_steps and config.train.num_epochs are both 0: set one")
     cfg.check_int("train.sample_length", t.sample_length, minimum=0)
+    cfg.check_number("train.diverge_factor", t.get("diverge_factor", DIVERGE_FACTOR))
     cfg.check_number("train.sample_temperature", t.sample_temperature, strict=True)
     cfg.check_choice("train.bptt", t.bptt, BPTT_MODES)
     cfg.check_choice("optim.name", o.name, OPTIMIZERS)
@@ -309,8 +313,24 @@ def _nll_fn(model):
     return piano_lib.bernoulli_nll if isinstance(model, piano_lib.PianoRollModel) else lm_lib.cross_entropy
 
 
+def uniform_loss(model) -> float:
+    """The training loss of uniform predictions: ``ln V`` nats per token for a softmax over ``V``
+    tokens, ``P ln 2`` per frame for ``P`` independent notes."""
+    if isinstance(model, piano_lib.PianoRollModel):
+        return model.num_pitches * math.log(2.0)
+    return math.log(model.vocab_size)
+
+
+def diverge_bound(config, model) -> float:
+    """The training loss above which a run counts as diverged: ``train.diverge_factor`` times
+    :func:`uniform_loss` (a model that predicts worse than that many times chance is not training);
+    ``inf`` when the factor is 0 (then only non-finite values count)."""
+    factor = float(config.train.get("diverge_factor", DIVERGE_FACTOR))
+    return factor * uniform_loss(model) if factor > 0 else math.inf
+
+
 def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float,
-                    loss_reduction: str = "mean"):
+                    loss_reduction: str = "mean", max_loss: float = math.inf):
     """jit ``(params, opt_state, carry, inputs, targets, key, weights=None, resets=None) -> (params,
     opt_state, carry, metrics)``.
 
@@ -320,9 +340,10 @@ def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float,
     The differentiated loss is the mean NLL per token (``loss_reduction="mean"``) or, as in
     Zaremba et al.'s code, summed over time and averaged over the batch (``"sum_time"``); the
     logged ``loss`` is always the mean per token. ``finite`` says whether the loss, the gradient
-    norm and the new parameters are all finite.
+    norm and the new parameters are all finite and the loss is at most ``max_loss`` (see
+    :func:`diverge_bound`); a run stops as diverged where it is false.
     """
-    step = train_step_fn(model, loss_reduction)
+    step = train_step_fn(model, loss_reduction, max_loss)
 
     @jax.jit
     def train_step(params, opt_state, carry, inputs, targets, key, weights=None, resets=None):
@@ -331,7 +352,7 @@ def make_train_step(model: lm_lib.LanguageModel, optimizer, max_norm: float,
     return train_step
 
 
-def train_step_fn(model: lm_lib.LanguageModel, loss_reduction: str = "mean"):
+def train_step_fn(model: lm_lib.LanguageModel, loss_reduction: str = "mean", max_loss: float = math.inf):
     """The step of :func:`make_train_step`, unjitted and with the optimizer and clip norm as
     arguments: ``(params, opt_state, carry, inputs, targets, key, weights, optimizer, max_norm,
     resets=None)``. Vmapped trials (:mod:`rnn_jax.trials`) map it over per-trial hyperparameters."""
@@ -352,7 +373,7 @@ def train_step_fn(model: lm_lib.LanguageModel, loss_reduction: str = "mean"):
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (loss <= max_loss)
         for leaf in jax.tree.leaves(params):
             finite &= jnp.all(jnp.isfinite(leaf))
         metrics = {"loss": loss, "grad_norm": grad_norm, "clipped": grad_norm > max_norm,
@@ -560,14 +581,16 @@ def _check_config_file(config, workdir: str) -> dict:
     path = os.path.join(workdir, "config.json")
     new = json.loads(config.to_json_best_effort())
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+        old = _read_json_file(path, workdir)
+        if not isinstance(old, dict):
+            raise InputError(f"{path} holds no config (a JSON {type(old).__name__}): restore it from the run's "
+                             f"own config, or move {workdir} aside and start a fresh run")
         a, b = _flatten(old), _flatten(new)
         allowed = [k for k in RESUMABLE_CHANGES if k not in _schedule_fields(config)]
         changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in allowed)
         if changed:
             details = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
-            raise ValueError(f"{workdir} holds a run with a different config ({details}); "
+            raise InputError(f"{workdir} holds a run with a different config ({details}); "
                              f"use a fresh workdir; a resumed run may change only {', '.join(allowed)}"
                              f" (with the {config.optim.schedule.name!r} schedule)")
     return new
@@ -595,13 +618,14 @@ def _hms(seconds: float) -> str:
 
 
 class Progress:
-    """Steps/s and ETA over training time only (evaluation and checkpointing excluded)."""
+    """Progress lines: steps/s and ETA over training time only (the compiling first step,
+    evaluation and checkpointing excluded), and the wall clock since this process started the run."""
 
     def __init__(self, first_step: int, num_steps: int):
         self.first, self.total = first_step, num_steps
         self.train_time = 0.0
-        self._rate_origin = 0.0
-        self._mark = time.perf_counter()
+        self._rate_origin = None  # training seconds at the step the rate counts from
+        self._mark = self._start = time.perf_counter()
         self._paused = False
 
     def pause(self):
@@ -617,16 +641,20 @@ class Progress:
         return self.train_time + (0.0 if self._paused else time.perf_counter() - self._mark)
 
     def restart_rate(self, step: int) -> None:
-        """Measure steps/s from ``step`` on (e.g. after the compiling first step)."""
+        """Measure steps/s from ``step`` on (after the compiling first step)."""
         self.first, self._rate_origin = step, self.elapsed()
 
     def line(self, step: int, loss: float) -> str:
-        elapsed = self.elapsed() - self._rate_origin
-        rate = (step - self.first) / elapsed if elapsed > 0 else 0.0
+        loss_s = "?" if loss is None else f"{loss:.4f}"
+        head = f"step {step}/{self.total} ({100.0 * step / self.total:.0f}%) loss {loss_s}"
+        wall = _hms(time.perf_counter() - self._start)
+        if self._rate_origin is None:  # the first step of this process: compiling it dominates
+            return f"{head} | first step (compiling) {self.elapsed():.1f} s | elapsed {wall}"
+        seconds = self.elapsed() - self._rate_origin
+        rate = (step - self.first) / seconds if seconds > 0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("nan")
         eta_s = "?" if not math.isfinite(eta) else _hms(eta)
-        loss_s = "?" if loss is None else f"{loss:.4f}"
-        return f"step {step}/{self.total} ({100.0 * step / self.total:.0f}%) loss {loss_s} | {rate:.2f} steps/s | ETA {eta_s}"
+        return f"{head} | {rate:.2f} steps/s | elapsed {wall} | ETA {eta_s}"
 
 
 def _tensorboard(workdir: str, purge_step: int | None):
@@ -678,20 +706,25 @@ def _abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), tree)
 
 
-def _restore_latest(checkpoints: RunCheckpoints, params, state):
-    """The latest checkpoint, also one written before ``sched.best_select`` existed (then the best
-    score is the best validation loss, which is what such runs selected by)."""
-    try:
-        return checkpoints.restore("latest", _abstract(params), _abstract(state))
-    except Exception as error:  # orbax reports a tree mismatch with several exception types
-        legacy = {**state, "sched": {k: v for k, v in state["sched"].items() if k != "best_select"}}
+def _restore_latest(checkpoints: RunCheckpoints, params, state, *, set_aside: bool = False, log=print):
+    """The newest readable latest checkpoint (see ``RunCheckpoints.restore_readable``: an unreadable
+    step is skipped, and with ``set_aside`` moved aside), also one written before
+    ``sched.best_select`` existed (then the best score is the best validation loss, which is what
+    such runs selected by)."""
+    def restore(which, params, state, step):
         try:
-            restored = checkpoints.restore("latest", _abstract(params), _abstract(legacy))
-        except Exception:
-            raise error from None
-        p, st, meta = restored
-        st["sched"]["best_select"] = st["sched"]["best_valid"]
-        return p, st, meta
+            return checkpoints.restore(which, _abstract(params), _abstract(state), step=step)
+        except Exception as error:  # orbax reports a tree mismatch with several exception types
+            legacy = {**state, "sched": {k: v for k, v in state["sched"].items() if k != "best_select"}}
+            try:
+                restored = checkpoints.restore(which, _abstract(params), _abstract(legacy), step=step)
+            except Exception:
+                raise error from None
+            p, st, meta = restored
+            st["sched"]["best_select"] = st["sched"]["best_valid"]
+            return p, st, meta
+
+    return checkpoints.restore_readable("latest", params, state, restore=restore, set_aside=set_aside, log=log)
 
 
 def step_record(step: int, m) -> dict:
@@ -764,9 +797,32 @@ def run_summary(config, workdir: str, num_params: int, num_steps: int, steps_per
             f"lr {o.learning_rate:g}, clip {o.max_norm:g}")
 
 
-def prepare_run_dir(config, corpus, workdir: str):
-    """Check a resumed run's config and data against ``workdir``'s, then write ``config.json``,
-    ``vocab.json`` and ``corpus.json``; returns the vocabulary (``None`` for piano rolls)."""
+def _has_checkpoints(workdir: str) -> bool:
+    for kind in ("latest", "best"):
+        path = os.path.join(workdir, "checkpoints", kind)
+        if os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path)):
+            return True
+    return False
+
+
+def _read_json_file(path: str, workdir: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON ({e}): restore it from the run's own config, or "
+                         f"move {workdir} aside and start a fresh run") from None
+
+
+def check_run_dir(config, corpus, workdir: str):
+    """Check a resumed run's config and data against ``workdir``'s, writing nothing; returns
+    ``(config_json, fingerprint, vocab)`` for :func:`write_run_files` (``vocab`` is ``None`` for
+    piano rolls). A directory with checkpoints but no readable ``config.json`` is refused: what
+    model those checkpoints belong to is unknown."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path) and _has_checkpoints(workdir):
+        raise InputError(f"{workdir} has checkpoints but no config.json, so what they belong to is unknown: "
+                         "put the run's config.json back, or move the directory aside and start a fresh run")
     config_json = _check_config_file(config, workdir)
     vocab_path = os.path.join(workdir, "vocab.json")
     fingerprint_path = os.path.join(workdir, "corpus.json")
@@ -775,29 +831,51 @@ def prepare_run_dir(config, corpus, workdir: str):
     if os.path.exists(vocab_path) and vocab is not None:
         data_lib.Vocab.load(vocab_path).check_same(vocab, f"resuming in {workdir}")
     if os.path.exists(fingerprint_path):
-        with open(fingerprint_path, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = _read_json_file(fingerprint_path, workdir)
         if saved != fingerprint:
-            diff = [s for s in fingerprint if saved.get(s) != fingerprint[s]]
-            raise ValueError(f"resuming in {workdir}: the data differ from the run's data in the "
+            diff = [s for s in fingerprint if not isinstance(saved, dict) or saved.get(s) != fingerprint[s]]
+            raise InputError(f"resuming in {workdir}: the data differ from the run's data in the "
                              f"{', '.join(diff)} split(s) (corpus.json); use a fresh workdir for "
                              f"different data")
+    return config_json, fingerprint, vocab
+
+
+def write_run_files(workdir: str, config_json: dict, fingerprint: dict, vocab) -> None:
+    """Write ``config.json``, ``vocab.json`` (once) and ``corpus.json`` of a checked run."""
     os.makedirs(workdir, exist_ok=True)
     write_json_atomic(os.path.join(workdir, "config.json"), config_json)
+    vocab_path = os.path.join(workdir, "vocab.json")
     if not os.path.exists(vocab_path) and vocab is not None:
         vocab.save(vocab_path)
-    write_json_atomic(fingerprint_path, fingerprint)
+    write_json_atomic(os.path.join(workdir, "corpus.json"), fingerprint)
+
+
+def prepare_run_dir(config, corpus, workdir: str):
+    """:func:`check_run_dir`, then :func:`write_run_files`; returns the vocabulary."""
+    config_json, fingerprint, vocab = check_run_dir(config, corpus, workdir)
+    write_run_files(workdir, config_json, fingerprint, vocab)
     return vocab
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=None) -> dict:
-    """Train (or resume) the run in ``workdir``; returns the contents of ``result.json``."""
+    """Train (or resume) the run in ``workdir``; returns the contents of ``result.json``.
+
+    The run holds the directory's lock (:mod:`rnn_jax.rundir`) for its whole life, and a second
+    writer is refused. A resume is checked whole (config, data, checkpoint shapes) before any file
+    is written.
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     validate_config(config)
+    rundir.check_workdir(workdir)
     corpus = load_data(config.data)
     check_data_fits(config, corpus)
+    with rundir.exclusive(workdir):
+        return _train_and_evaluate(config, corpus, workdir, log)
+
+
+def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
     t = config.train
-    vocab = prepare_run_dir(config, corpus, workdir)
+    config_json, fingerprint, vocab = check_run_dir(config, corpus, workdir)
 
     loss_mask = task_loss_mask(config, corpus)
     train_data = TrainStreams(config, corpus, loss_mask)
@@ -807,7 +885,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     checkpoint_every = t.checkpoint_every or steps_per_epoch
     model = make_model(config, len(vocab) if vocab is not None else corpus.num_pitches)
     optimizer = make_optimizer(config, steps_per_epoch, num_steps)
-    train_step = make_train_step(model, optimizer, config.optim.max_norm, t.loss_reduction)
+    max_loss = diverge_bound(config, model)
+    train_step = make_train_step(model, optimizer, config.optim.max_norm, t.loss_reduction, max_loss)
     word_level = vocab is not None and vocab.level == "word"
     select_by = t.get("select_by", "valid_loss")
 
@@ -822,7 +901,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     log(run_summary(config, workdir, lm_lib.num_params(params), num_steps, steps_per_epoch))
     checkpoints = RunCheckpoints(workdir, t.max_to_keep)
     result_path = os.path.join(workdir, "result.json")
-    restored = _restore_latest(checkpoints, params, state)
+    try:
+        restored = _restore_latest(checkpoints, params, state, set_aside=True, log=log)
+    except BaseException:
+        checkpoints.close()
+        raise
+    write_run_files(workdir, config_json, fingerprint, vocab)  # the resume is valid: now write
     if restored is not None:
         params, state, meta = restored
         start = int(state["step"])
@@ -923,7 +1007,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
             if step % t.log_every == 0 or do_save or step == start + 1:
                 if not flush():
                     status = "diverged"
-                    log(f"step {int(state['step'])}: non-finite loss; stopping (the last good checkpoint is kept)")
+                    kept = checkpoints.latest_step()
+                    log(f"step {int(state['step'])}: diverged (loss, gradient or parameters not finite, or the "
+                        f"loss above {max_loss:.4g} = train.diverge_factor x the loss of uniform predictions); "
+                        "stopping, " + (f"the last good checkpoint (step {kept}) is kept" if kept is not None
+                                        else "before any checkpoint was saved"))
                     break
                 log(progress.line(step, last_good_loss))
                 if step == start + 1:  # exclude the first step (compilation) from the rate
@@ -977,15 +1065,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
         flush()
         checkpoints.wait()
     except BaseException as e:
-        checkpoints.wait()
+        # a failed save may also surface here; the run is recorded as failed either way
+        save_error = checkpoints.close_after_failure()
         metrics_file.close()
         samples_file.close()
         if tb is not None:
             tb.close()
-        if isinstance(e, Exception):
-            write_json_atomic(result_path, {"status": "failed", "error": f"{type(e).__name__}: {e}",
+        if isinstance(e, Exception) or save_error is not None:
+            error = e if isinstance(e, Exception) else save_error
+            write_json_atomic(result_path, {"status": "failed", "error": f"{type(error).__name__}: {error}",
                                             "step": int(state["step"]), "num_steps": num_steps})
-        checkpoints.close()
         raise
 
     final_valid = final_test = test = None
@@ -1012,8 +1101,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
     return result
 
 
-def load_run(workdir: str, which: str = "best"):
-    """``(model, params, vocab, config)`` of a run directory, from its best (else latest) checkpoint."""
+def load_run(workdir: str, which: str = "best", *, log=None):
+    """``(model, params, vocab, config)`` of a run directory, from its best (else latest) checkpoint;
+    ``log`` (default: stderr) says which step is used when the newest cannot be read."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir} has no config.json: not a run directory")
@@ -1027,10 +1118,10 @@ def load_run(workdir: str, which: str = "best"):
     checkpoints = RunCheckpoints(workdir, config.train.max_to_keep)
     try:
         order = ("best", "latest") if which == "best" else ("latest", "best")
-        for kind in order:
-            restored = checkpoints.restore(kind, params_like)
+        for kind in order:  # an unreadable step is skipped (with one line), never moved: only reading here
+            restored = checkpoints.restore_readable(kind, params_like, log=log)
             if restored is not None:
                 return model, restored[0], vocab, config
     finally:
         checkpoints.close()
-    raise FileNotFoundError(f"{workdir} has no checkpoint yet")
+    raise FileNotFoundError(f"{workdir} has no readable checkpoint yet")

@@ -11,7 +11,8 @@ do not depend on how a sweep ran; only ``result.json`` adds ``"vmapped": {"trial
 A trial's checkpoints are a plain run's: a trial can be resumed on its own, and a plain run as a
 trial.
 
-A trial whose loss, gradient norm or parameters become non-finite is frozen inside the program
+A trial that diverges (its loss, gradient norm or parameters non-finite, or the loss above
+``train.diverge_factor`` times that of uniform predictions) is frozen inside the program
 at its last finite parameters (its updates are masked from that step on), recorded as
 ``diverged`` like a plain run that diverged at that step, and the other trials go on. When the
 program is resumed, a trial recorded as diverged stays so (a sweep treats it as done).
@@ -22,6 +23,7 @@ overhead (``python experiments/benchmark.py --what=trials``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,8 +36,7 @@ import numpy as np
 
 from rnn_jax import data as data_lib
 from rnn_jax import lm as lm_lib
-from rnn_jax import report
-from rnn_jax import train
+from rnn_jax import report, rundir, train
 from rnn_jax.checkpoint import RunCheckpoints
 
 # The fields in which the trials of one program may differ: the seed, two optimizer scalars and
@@ -90,7 +91,7 @@ def _make_step(model, config, steps_per_epoch: int, num_steps: int, per_trial_da
     """jit of the vmapped ``(params, opt_state, carry, inputs, targets, dropout_bases, weights,
     resets, hyper, active, step) -> (params, opt_state, carry, metrics, active)``: a trial updates only
     while active and finite; its dropout key is ``fold_in(its dropout base, step)``, as in a plain run."""
-    step = train.train_step_fn(model, config.train.loss_reduction)
+    step = train.train_step_fn(model, config.train.loss_reduction, train.diverge_bound(config, model))
 
     def one(params, opt_state, carry, inputs, targets, dropout_base, weights, resets, hyper, active, at):
         key = jax.random.fold_in(dropout_base, at) if with_keys else None
@@ -139,6 +140,15 @@ def train_trials(configs, workdirs, *, log=None) -> list:
     check_trials(configs)
     for config in configs:
         train.validate_config(config)
+    for workdir in workdirs:
+        rundir.check_workdir(workdir)
+    with contextlib.ExitStack() as locks:  # every trial's run directory, for the program's life
+        for workdir in workdirs:
+            locks.enter_context(rundir.exclusive(workdir))
+        return _train_trials(configs, workdirs, log)
+
+
+def _train_trials(configs, workdirs, log) -> list:
     config, k = configs[0], len(configs)
     t = config.train
     # a trial already recorded as diverged stays so (rerunning would diverge again; a sweep counts
@@ -197,9 +207,10 @@ def train_trials(configs, workdirs, *, log=None) -> list:
         return {"elapsed_s": time_offsets[0] + time.time() - started,
                 "train_time_s": time_offsets[1] + progress.elapsed()}
 
-    def close() -> None:
-        for ck in checkpoints.values():
-            ck.close()
+    def close(checkpoints_too: bool = True) -> None:
+        if checkpoints_too:
+            for ck in checkpoints.values():
+                ck.close()
         for f in list(metrics_files.values()) + list(samples_files.values()):
             f.close()
         for board in boards.values():
@@ -262,8 +273,9 @@ def train_trials(configs, workdirs, *, log=None) -> list:
                         # recorded at once: a resumed program must not run it again
                         finish(i, train.run_result("diverged", at, num_steps, steps_per_epoch, num_params,
                                                    last_good[i], best[i], times(), vocab, select_by, corpus))
-                        log(f"trial {i} ({workdirs[i]}): step {at}: non-finite loss; its updates are "
-                            f"masked from here (the last good checkpoint is kept), the others go on")
+                        log(f"trial {i} ({workdirs[i]}): step {at}: diverged (not finite, or the loss above "
+                            "train.diverge_factor x the loss of uniform predictions); its updates are masked "
+                            "from here (its last checkpoint, if any, is kept), the others go on")
                         continue
                     last_good[i] = record["loss"]
                     metrics_files[i].write(json.dumps(record) + "\n")
@@ -361,15 +373,16 @@ def train_trials(configs, workdirs, *, log=None) -> list:
                     times(), vocab, select_by, corpus, final_valid[i], final_test[i],
                     best_test[i] if best[i]["step"] is not None else None))
     except BaseException as e:
-        for ck in checkpoints.values():
-            ck.wait()
-        if isinstance(e, Exception):
+        # a failed save may also surface here; the trials are recorded as failed either way
+        save_errors = [ck.close_after_failure() for ck in checkpoints.values()]
+        error = e if isinstance(e, Exception) else next((x for x in save_errors if x is not None), None)
+        if error is not None:
             for i in live:
                 if results[i] is None:  # diverged or completed trials keep their result
                     train.write_json_atomic(os.path.join(workdirs[i], "result.json"), {
-                        "status": "failed", "error": f"{type(e).__name__}: {e}", "step": step,
+                        "status": "failed", "error": f"{type(error).__name__}: {error}", "step": step,
                         "num_steps": num_steps, "vmapped": {"trials": k, "index": int(i)}})
-        close()
+        close(checkpoints_too=False)
         raise
     close()
     log(f"{k} trials: " + ", ".join(f"{r.get('status')} (best valid loss {r.get('best_valid_loss')})" for r in results))

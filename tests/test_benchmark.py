@@ -23,7 +23,8 @@ def test_parse_config():
 
 def test_parse_cell():
     assert benchmark.parse_cell("gru:reset_after=True") == ("gru", {"reset_after": True})
-    assert benchmark.parse_cell("lstm:forget_bias=1.0;peepholes=True") == ("lstm", {"forget_bias": 1.0, "peepholes": True})
+    assert benchmark.parse_cell("lstm:forget_bias=1.0;peepholes=True") == (
+        "lstm", {"forget_bias": 1.0, "peepholes": True})
     with pytest.raises(ValueError, match="unknown option"):
         benchmark.parse_cell("lstm:reset_after=True")
 

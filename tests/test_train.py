@@ -282,7 +282,10 @@ train.train_and_evaluate(config, {workdir!r}, log=lambda m: print(m, flush=True)
 """
 
 
-def _run_killed(workdir, corpus_path, steps, kills, seed):
+def _run_killed(workdir, corpus_path, steps, kills, seed, signals=(signal.SIGKILL,), second_writer_every=0):
+    """Run the training ``kills`` times, stopping it with a signal drawn from ``signals`` after a
+    random number of steps, then once to the end. Every ``second_writer_every``-th time, a second
+    writer is started on the live run first and must be refused without touching it."""
     rng = np.random.default_rng(seed)
     code = _CHILD.format(root=ROOT, path=corpus_path, steps=steps, workdir=str(workdir))
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -299,8 +302,13 @@ def _run_killed(workdir, corpus_path, steps, kills, seed):
                     seen += 1
                     if seen >= target:
                         break
+            if second_writer_every and done_kills % second_writer_every == 0 and proc.poll() is None:
+                other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                       timeout=300)
+                if proc.poll() is None:  # refused while the first one held the directory
+                    assert other.returncode != 0 and "in use by another run" in other.stderr, other.stderr[-2000:]
             time.sleep(float(rng.uniform(0, 0.05)))
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(signals[int(rng.integers(len(signals)))])
             proc.wait()
             done_kills += 1
             result_path = workdir / "result.json"
@@ -313,16 +321,20 @@ def _run_killed(workdir, corpus_path, steps, kills, seed):
     return done_kills
 
 
-@pytest.mark.parametrize("kills", [pytest.param(2), pytest.param(5, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kills", [pytest.param(2), pytest.param(20, marks=pytest.mark.slow)])
 def test_sigkill_and_resume_gives_identical_parameters(tmp_path, corpus_path, kills):
-    steps = 24
+    """2 SIGKILLs in the default tier; the slow tier's soak: 20 stops by SIGKILL, SIGTERM or SIGINT
+    at random moments, with a second writer attempted at every third."""
+    steps = 24 if kills < 10 else 60
     reference = tmp_path / "reference"
     config = tiny_config(corpus_path, num_steps=steps, checkpoint_every=2, eval_every=10, log_every=1)
     config.optim.schedule.name = "cosine"
     config.model.dropout = 0.2
     train.train_and_evaluate(config, str(reference), log=lambda m: None)
     killed = tmp_path / "killed"
-    assert _run_killed(killed, corpus_path, steps, kills, seed=kills) >= 1
+    mixed = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT) if kills >= 10 else (signal.SIGKILL,)
+    assert _run_killed(killed, corpus_path, steps, kills, seed=kills, signals=mixed,
+                       second_writer_every=3 if kills >= 10 else 0) >= 1
     assert json.loads((killed / "result.json").read_text())["status"] == "completed"
     assert_trees_close(_params(str(killed)), _params(str(reference)), what="params")
     assert _records(reference) == _records(killed)
