@@ -14,10 +14,10 @@
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #         --implementation cp --platform manylinux2014_x86_64 -d .whl ml-collections==1.1.0
 # The training text is .gpu/tinyshakespeare.txt (a copy of ../shared/data/tinyshakespeare.txt,
-# ignored through .git/info/exclude) or GPU_CHECK_TEXT. With the device tool:
-#     run(command="bash experiments/gpu_check.sh", carry=[".whl", ".gpu"], timeout_s=480)
+# ignored through .git/info/exclude) or GPU_CHECK_TEXT; carry both folders to the GPU machine with
+# the working tree.
 #
-# What it writes into $OUT (at most 8 files, the tool's limit):
+# What it writes into $OUT (8 files):
 #   env.txt            nvidia-smi, versions, devices seen by jax and torch
 #   bench.log          the benchmark runs' output (environment line with the precision probe first)
 #   bench_tf32.json    cells lstm, gru, gru:reset_after=True, mut1 on c1 c2 c3 with --floor,

@@ -14,7 +14,7 @@ clip norm or init scales train K at a time as vmapped trials (``rnn_jax.trials``
 ``run`` ends with one line (``3 points: 1 completed, 1 diverged, 1 failed; failed: <run dir>
 (ValueError: ...); diverged: <run dir> (at step 40)``) and exits with status 1 when a point failed
 or diverged. Here a diverged point is unexpected: a plain sweep asks every point to train to its
-end, so a divergence (a non-finite loss) fails the sweep as a failure does, although a relaunch
+end, so a divergence (a non-finite or runaway loss) fails the sweep as a failure does, although a relaunch
 does not rerun it (it would diverge again). ``--allow_diverged`` makes divergence a legitimate
 outcome, as it is in a comparison (``experiments.compare``: a grid point whose learning rate is
 too high diverges, and the table counts it). Data files the points read (``data.path``,

@@ -24,6 +24,10 @@ from rnn_jax.errors import InputError
 UNREADABLE = "unreadable"  # checkpoints/unreadable/<kind>-<step>: steps that could not be read, kept aside
 
 
+class UnreadableCheckpoints(InputError):
+    """Checkpoints exist but none of them can be read."""
+
+
 class RunCheckpoints:
     """The two checkpoint managers of a run directory."""
 
@@ -86,29 +90,38 @@ class RunCheckpoints:
 
     def restore_readable(self, which: str, params_like: Any, state_like: Any = None, *,
                          restore: Callable | None = None, set_aside: bool = False, log=print):
-        """``(params, state, meta)`` of the newest step that can be read, or ``None`` when none can.
+        """``(params, state, meta)`` of the newest step that can be read, or ``None`` when there is
+        no step.
 
-        A step that cannot be read (a truncated data file, a missing manifest) is skipped with one
-        line through ``log`` naming it and the step used instead; with ``set_aside`` (the writer of
-        the run) it is moved to ``checkpoints/unreadable/<which>-<step>``, kept rather than deleted,
-        so that the run can save that step again. A checkpoint whose parameters do not fit
-        ``params_like`` (another model) raises :class:`InputError` instead: that is the config's
-        fault, not the file's. ``restore(which, params_like, state_like, step)`` defaults to
-        :meth:`restore`.
+        Steps that cannot be read (a truncated data file, a missing manifest) are passed over, each
+        with one line through ``log`` naming it and the step used instead; with ``set_aside`` (the
+        writer of the run) they are moved to ``checkpoints/unreadable/<which>-<step>``, kept rather
+        than deleted, so that the run can save those steps again. When steps exist but none can be
+        read, :class:`UnreadableCheckpoints` says so and nothing is moved: starting over is the
+        user's call. A
+        checkpoint whose parameters do not fit ``params_like`` (another model) raises
+        :class:`InputError` too: that is the config's fault, not the file's.
+        ``restore(which, params_like, state_like, step)`` defaults to :meth:`restore`.
         """
         restore = restore or (lambda w, p, s, step: self.restore(w, p, s, step=step))
         _drop_closed_loop_reports()
+        failed = []  # (step, reason), newest first
         for step in reversed(self.steps(which)):
             try:
-                return restore(which, params_like, state_like, step)
+                restored = restore(which, params_like, state_like, step)
             except Exception as error:
                 self._check_fits(which, step, params_like)
-                reason = _first_line(error)
-            older = [s for s in self.steps(which) if s < step]
-            where = self.set_aside(which, step) if set_aside else None
-            log(f"checkpoint {which}/{step} is unreadable ({reason}); "
-                + (f"moved to {where}; " if where else "")
-                + (f"using step {older[-1]}" if older else "no older step is kept"))
+                failed.append((step, _first_line(error)))
+                continue
+            for bad, reason in failed:
+                where = self.set_aside(which, bad) if set_aside else None
+                log(f"checkpoint {which}/{bad} is unreadable ({reason}); "
+                    + (f"moved to {where}; " if where else "") + f"using step {step}")
+            return restored
+        if failed:
+            directory = os.path.dirname(str(self._manager(which).directory))
+            raise UnreadableCheckpoints(f"none of the {len(failed)} checkpoint(s) in {which}/ can be read (step "
+                             f"{failed[0][0]}: {failed[0][1]}): move {directory} aside to start the run over")
         return None
 
     def _check_fits(self, which: str, step: int, params_like: Any) -> None:

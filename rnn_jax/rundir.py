@@ -9,7 +9,8 @@ names them.
 
 A process that already holds a run directory's lock may take it again (the sweep worker holds it,
 then the trainer it calls takes it): the lock is counted per process. That count is the only state
-kept here, and it describes the process's own open lock files.
+kept here, and it describes the process's own open lock files. It is per process, not per thread:
+two threads of one process are not kept apart (runs here are one per process).
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def locked(workdir: str, wait_s: float = 0.0, *, holder: bool = False, name: str
     launchers use the same function with ``name=".sweep.lock"``.)"""
     check_workdir(workdir)
     key = (os.path.realpath(workdir), name)
-    if key in _held:  # this process holds it already
+    if key in _held:  # this process holds it already (a sweep worker, then the trainer it calls)
+        if holder:
+            _record_holder(_held[key][0])
         _held[key][1] += 1
         try:
             yield True
@@ -68,10 +71,7 @@ def locked(workdir: str, wait_s: float = 0.0, *, holder: bool = False, name: str
                     return
                 time.sleep(0.1)
         if holder:
-            record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")})
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, record.encode() + b"\n", 0)
+            _record_holder(fd)
         _held[key] = [fd, 1]
         try:
             yield True
@@ -80,6 +80,13 @@ def locked(workdir: str, wait_s: float = 0.0, *, holder: bool = False, name: str
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _record_holder(fd: int) -> None:
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                         "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, record.encode() + b"\n", 0)
 
 
 def holder(workdir: str) -> dict:

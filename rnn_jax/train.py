@@ -36,7 +36,7 @@ from rnn_jax import data as data_lib
 from rnn_jax import lm as lm_lib
 from rnn_jax import piano as piano_lib
 from rnn_jax import rundir, sampling
-from rnn_jax.checkpoint import RunCheckpoints
+from rnn_jax.checkpoint import RunCheckpoints, UnreadableCheckpoints
 from rnn_jax.data import music as music_lib
 from rnn_jax.errors import InputError
 
@@ -78,7 +78,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     try:
         cells_lib.parse_spec(config.cell)
     except ValueError as e:
-        raise ValueError(f"config.cell = {config.cell!r}: {e}") from None
+        raise InputError(f"config.cell = {config.cell!r}: {e}") from None
     cfg.check_int("seed", config.seed, minimum=0)
     cfg.check_int("trials_per_program", config.get("trials_per_program", 1))
     m, t, o, d = config.model, config.train, config.optim, config.data
@@ -91,36 +91,36 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     cfg.check_choice("model.variational", m.variational, (False, True))
     cfg.check_choice("data.kind", d.kind, DATA_KINDS)
     if d.kind == "char" and not d.path:
-        raise ValueError("config.data.path is empty: give a UTF-8 text file (or tfds:NAME)")
+        raise InputError("config.data.path is empty: give a UTF-8 text file (or tfds:NAME)")
     if d.kind == "music" and not d.path:
-        raise ValueError("config.data.path is empty: give a JSON or pickle file of piano rolls "
+        raise InputError("config.data.path is empty: give a JSON or pickle file of piano rolls "
                          "({'train': [...], 'valid': [...], 'test': [...]})")
     if d.kind == "music":
         cfg.check_choice("data.protocol", d.get("protocol", "pieces"), MUSIC_PROTOCOLS)
         if pieces_protocol(config) and t.bptt != "truncated":
-            raise ValueError("config.train.bptt = 'full' draws windows across piece boundaries; with "
+            raise InputError("config.train.bptt = 'full' draws windows across piece boundaries; with "
                              "data.protocol = 'pieces' use train.bptt = 'truncated' (each piece is "
                              "trained from the zero state)")
     if d.kind == "ptb" and not d.dir:
-        raise ValueError("config.data.dir is empty: give the directory with ptb.{train,valid,test}.txt")
+        raise InputError("config.data.dir is empty: give the directory with ptb.{train,valid,test}.txt")
     if d.kind in data_lib.TASKS:
         cfg.check_int("data.seed", d.get("seed", 0), minimum=0)
         cfg.check_choice("data.loss_on", d.get("loss_on", "scored"), LOSS_ON)
         sizes = d.get("num_chars")
         if sizes is None or any(split not in sizes for split in ("train", "valid", "test")):
-            raise ValueError(f"config.data.num_chars must give the train, valid and test sizes (in "
+            raise InputError(f"config.data.num_chars must give the train, valid and test sizes (in "
                              f"characters) of the generated {d.kind} stream; see experiments/configs/tasks.py")
         for split in ("train", "valid", "test"):
             cfg.check_int(f"data.num_chars.{split}", sizes[split])
         try:
             data_lib.tasks.check_options(d.kind, d.get(d.kind) or {})
         except ValueError as e:
-            raise ValueError(f"config.data.{d.kind}: {e}") from None
+            raise InputError(f"config.data.{d.kind}: {e}") from None
     cfg.check_choice("train.select_by", t.get("select_by", "valid_loss"), SELECT_BY)
     cfg.check_choice("train.data_parallel", t.get("data_parallel", False), (False, True))
     check_data_parallel(config)
     if t.get("select_by", "valid_loss") == "valid_accuracy" and d.kind not in data_lib.TASKS:
-        raise ValueError(f"config.train.select_by = 'valid_accuracy' needs a task with an accuracy "
+        raise InputError(f"config.train.select_by = 'valid_accuracy' needs a task with an accuracy "
                          f"(data.kind one of {', '.join(data_lib.TASKS)}), not {d.kind!r}")
     for name in ("batch_size", "seq_len", "eval_batch_size", "log_every", "max_to_keep"):
         cfg.check_int(f"train.{name}", t[name])
@@ -131,7 +131,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     cfg.check_int("train.num_steps", t.num_steps, minimum=0)
     cfg.check_int("train.num_epochs", t.num_epochs, minimum=0)
     if t.num_steps == 0 and t.num_epochs == 0:
-        raise ValueError("config.train.num_steps and config.train.num_epochs are both 0: set one")
+        raise InputError("config.train.num_steps and config.train.num_epochs are both 0: set one")
     cfg.check_int("train.sample_length", t.sample_length, minimum=0)
     cfg.check_number("train.diverge_factor", t.get("diverge_factor", DIVERGE_FACTOR))
     cfg.check_number("train.sample_temperature", t.sample_temperature, strict=True)
@@ -156,7 +156,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     try:  # cell options against sizes (MUT input terms, ...), without compiling anything
         jax.eval_shape(make_model(config, 2).init, jax.random.PRNGKey(0))
     except ValueError as e:
-        raise ValueError(f"config.cell = {config.cell!r} with model.embed_size={m.embed_size}, "
+        raise InputError(f"config.cell = {config.cell!r} with model.embed_size={m.embed_size}, "
                          f"model.hidden_size={m.hidden_size}: {e}") from None
 
 
@@ -186,13 +186,13 @@ def check_data_fits(config, corpus: data_lib.Corpus) -> None:
         for split in ("train", "valid", "test"):
             lengths = np.diff(np.append(corpus.starts[split], len(corpus.split(split))))
             if not (lengths >= 2).any():
-                raise ValueError(f"the {split} split has no piece of two frames or more "
+                raise InputError(f"the {split} split has no piece of two frames or more "
                                  f"({len(lengths)} pieces): nothing to predict with "
                                  f"data.protocol = 'pieces'")
         return
     need = t.batch_size * t.seq_len + 1
     if len(corpus.train) < need:
-        raise ValueError(
+        raise InputError(
             f"the training split has {len(corpus.train)} tokens, too few for one batch of "
             f"train.batch_size={t.batch_size} streams x train.seq_len={t.seq_len} (needs {need}); "
             f"lower train.seq_len or train.batch_size, or use more data")
@@ -201,7 +201,7 @@ def check_data_fits(config, corpus: data_lib.Corpus) -> None:
                                 t.test_batch_size or t.eval_batch_size)):
         n = len(corpus.split(split))
         if n < size + 1:
-            raise ValueError(f"the {split} split has {n} tokens, too few for "
+            raise InputError(f"the {split} split has {n} tokens, too few for "
                              f"train.{field}={size} streams (needs {size + 1}); lower it or "
                              f"change data.splits")
 
@@ -235,7 +235,7 @@ def make_schedule(optim, steps_per_epoch: int = 1, num_steps: int = 1, learning_
             boundaries.append(begin)
         parts.append(optax.cosine_decay_schedule(lr, max(num_steps - begin, 1), alpha=s.end_fraction))
         return optax.join_schedules(parts, boundaries) if boundaries else parts[0]
-    raise ValueError(f"config.optim.schedule.name = {s.name!r}; choose one of {', '.join(SCHEDULES)}")
+    raise InputError(f"config.optim.schedule.name = {s.name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 def make_optimizer(config, steps_per_epoch: int = 1, num_steps: int = 1, *, learning_rate=None,
@@ -698,7 +698,7 @@ def check_data_parallel(config) -> None:
     for name in ("batch_size", "eval_batch_size", "test_batch_size"):
         size = t[name] or (t.eval_batch_size if name == "test_batch_size" else 0)
         if size % n:
-            raise ValueError(f"config.train.{name} = {size} does not split over the {n} local devices "
+            raise InputError(f"config.train.{name} = {size} does not split over the {n} local devices "
                              f"of train.data_parallel=True: use a multiple of {n}")
 
 
@@ -936,9 +936,7 @@ def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
     last_valid = (None, None, None)  # (step, loss, metrics) of the latest evaluation
     best = {"step": None, "valid_loss": None, "metrics": {}}
     if restored is not None and math.isfinite(float(state["sched"]["best_select"])):
-        best_meta = checkpoints.restore_meta("best") or {}
-        best = {"step": checkpoints.latest_step("best"), "valid_loss": best_meta.get("valid_loss"),
-                "metrics": best_meta.get("metrics", {})}
+        best = best_record(checkpoints, log)
 
     def flush() -> bool:
         """Write pending step records; False when a loss is not finite."""
@@ -1085,7 +1083,7 @@ def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
         if best["step"] == final_step:
             test = final_test
         elif best["step"] is not None:
-            test = eval_metrics(checkpoints.restore("best", _abstract(params))[0], "test")
+            test = best_test_metrics(checkpoints, params, eval_metrics, log)
     result = run_result(status, int(state["step"]), num_steps, steps_per_epoch, lm_lib.num_params(params),
                         last_good_loss, best, times(), vocab, select_by, corpus,
                         final_valid, final_test, test)
@@ -1101,6 +1099,30 @@ def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
     return result
 
 
+def best_test_metrics(checkpoints: RunCheckpoints, params, evaluate, log) -> dict | None:
+    """The test metrics of the newest readable best checkpoint (unreadable ones set aside), or
+    ``None`` (with one line) when none can be read."""
+    try:
+        restored = checkpoints.restore_readable("best", _abstract(params), set_aside=True, log=log)
+    except UnreadableCheckpoints as e:
+        log(f"{e}; the result has no test metrics of the best checkpoint")
+        return None
+    return None if restored is None else evaluate(restored[0], "test")
+
+
+def best_record(checkpoints: RunCheckpoints, log) -> dict:
+    """``{"step", "valid_loss", "metrics"}`` of the best checkpoint, from its metadata; an
+    unreadable one is said in one line and treated as none."""
+    step = checkpoints.latest_step("best")
+    try:
+        meta = checkpoints.restore_meta("best") or {}
+    except Exception as e:
+        log(f"the metadata of checkpoint best/{step} cannot be read ({e.__class__.__name__}); it is "
+            "not counted as the best")
+        return {"step": None, "valid_loss": None, "metrics": {}}
+    return {"step": step, "valid_loss": meta.get("valid_loss"), "metrics": meta.get("metrics", {})}
+
+
 def load_run(workdir: str, which: str = "best", *, log=None):
     """``(model, params, vocab, config)`` of a run directory, from its best (else latest) checkpoint;
     ``log`` (default: stderr) says which step is used when the newest cannot be read."""
@@ -1111,17 +1133,24 @@ def load_run(workdir: str, which: str = "best", *, log=None):
     with open(path, encoding="utf-8") as f:
         config = ml_collections.ConfigDict(json.load(f))
     if config.data.kind == "music":
-        raise ValueError(f"{workdir} is a piano-roll run; load_run reads language-model runs")
+        raise InputError(f"{workdir} is a piano-roll run; load_run reads language-model runs")
     vocab = data_lib.Vocab.load(os.path.join(workdir, "vocab.json"))
     model = make_model(config, len(vocab))
     params_like = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     checkpoints = RunCheckpoints(workdir, config.train.max_to_keep)
     try:
         order = ("best", "latest") if which == "best" else ("latest", "best")
+        unreadable = None
         for kind in order:  # an unreadable step is skipped (with one line), never moved: only reading here
-            restored = checkpoints.restore_readable(kind, params_like, log=log)
+            try:
+                restored = checkpoints.restore_readable(kind, params_like, log=log)
+            except UnreadableCheckpoints as e:
+                unreadable = e
+                continue
             if restored is not None:
                 return model, restored[0], vocab, config
     finally:
         checkpoints.close()
-    raise FileNotFoundError(f"{workdir} has no readable checkpoint yet")
+    if unreadable is not None:
+        raise unreadable
+    raise FileNotFoundError(f"{workdir} has no checkpoint yet")

@@ -37,7 +37,8 @@ import numpy as np
 from rnn_jax import data as data_lib
 from rnn_jax import lm as lm_lib
 from rnn_jax import report, rundir, train
-from rnn_jax.checkpoint import RunCheckpoints
+from rnn_jax.checkpoint import RunCheckpoints, UnreadableCheckpoints
+from rnn_jax.errors import InputError
 
 # The fields in which the trials of one program may differ: the seed, two optimizer scalars and
 # the initialisers' scales (used by ``init`` only, never by ``apply``).
@@ -59,22 +60,22 @@ def program_key(config) -> str:
 def check_trials(configs) -> None:
     """Raise ``ValueError`` unless ``configs`` can train as vmapped trials of one program."""
     if not configs:
-        raise ValueError("vmapped trials need at least one config")
+        raise InputError("vmapped trials need at least one config")
     first = _flat(configs[0])
     for i, config in enumerate(configs[1:], 1):
         flat = _flat(config)
         diff = sorted(k for k in set(first) | set(flat) if first.get(k) != flat.get(k) and k not in _NOT_COMPARED)
         if diff:
             details = "; ".join(f"{k}: {first.get(k)!r} vs {flat.get(k)!r}" for k in diff[:6])
-            raise ValueError(f"trial {i} differs from trial 0 in {details}; vmapped trials may differ "
+            raise InputError(f"trial {i} differs from trial 0 in {details}; vmapped trials may differ "
                              f"only in {', '.join(TRIAL_FIELDS)}")
     config = configs[0]
     if config.optim.schedule.name == "plateau":
-        raise ValueError("config.optim.schedule.name = 'plateau' cannot run as vmapped trials: each run "
+        raise InputError("config.optim.schedule.name = 'plateau' cannot run as vmapped trials: each run "
                          "halves its learning rate and stops on its own validation curve; use "
                          "trials_per_program = 1 (or another schedule)")
     if config.train.get("data_parallel", False):
-        raise ValueError("config.train.data_parallel = True cannot run as vmapped trials: use "
+        raise InputError("config.train.data_parallel = True cannot run as vmapped trials: use "
                          "trials_per_program = 1 for a data-parallel run")
 
 
@@ -118,14 +119,27 @@ def _resume(checkpoints, params_list, states, log):
     fresh = (0, params_list, states, [{}] * len(states))
     if all(s is None for s in latest):
         return fresh
-    if len(set(latest)) > 1:
-        log(f"the trials' latest checkpoints are at different steps {latest}: all start over")
+
+    def start_over(why: str):
+        log(f"{why}: all trials start over")
         for ck in checkpoints:
             ck.clear()
         return fresh
-    restored = [train._restore_latest(ck, p, s) for ck, p, s in zip(checkpoints, params_list, states)]
-    return (int(restored[0][1]["step"]), [r[0] for r in restored], [r[1] for r in restored],
-            [r[2] for r in restored])
+
+    if len(set(latest)) > 1:
+        return start_over(f"the trials' latest checkpoints are at different steps {latest}")
+    restored = []
+    for i, (ck, p, s) in enumerate(zip(checkpoints, params_list, states)):
+        try:  # unreadable steps are set aside; a trial left with none makes every trial start over
+            restored.append(train._restore_latest(ck, p, s, set_aside=True, log=log))
+        except UnreadableCheckpoints as e:
+            for step in ck.steps():
+                ck.set_aside("latest", step)
+            return start_over(f"trial {i}: {e}")
+    steps = [None if r is None else int(r[1]["step"]) for r in restored]
+    if None in steps or len(set(steps)) > 1:
+        return start_over(f"the trials' newest readable checkpoints are at different steps {steps}")
+    return (steps[0], [r[0] for r in restored], [r[1] for r in restored], [r[2] for r in restored])
 
 
 def train_trials(configs, workdirs, *, log=None) -> list:
@@ -134,9 +148,9 @@ def train_trials(configs, workdirs, *, log=None) -> list:
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     configs, workdirs = list(configs), [os.fspath(w) for w in workdirs]
     if len(configs) != len(workdirs):
-        raise ValueError(f"{len(configs)} configs but {len(workdirs)} workdirs: give one workdir per trial")
+        raise InputError(f"{len(configs)} configs but {len(workdirs)} workdirs: give one workdir per trial")
     if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
-        raise ValueError(f"workdirs repeat a directory ({workdirs}): each trial needs its own")
+        raise InputError(f"workdirs repeat a directory ({workdirs}): each trial needs its own")
     check_trials(configs)
     for config in configs:
         train.validate_config(config)
@@ -160,9 +174,8 @@ def _train_trials(configs, workdirs, log) -> list:
         return earlier
     corpus = train.load_data(config.data)
     train.check_data_fits(config, corpus)
-    vocab = None
-    for i in live:
-        vocab = train.prepare_run_dir(configs[i], corpus, workdirs[i])
+    checked = {i: train.check_run_dir(configs[i], corpus, workdirs[i]) for i in live}  # written after the resume
+    vocab = checked[live[0]][2]
 
     loss_mask = train.task_loss_mask(config, corpus)
     train_data = train.TrainStreams(config, corpus, loss_mask)
@@ -227,6 +240,8 @@ def _train_trials(configs, workdirs, log) -> list:
             checkpoints[i] = RunCheckpoints(workdirs[i], t.max_to_keep)
         start, restored_params, restored_states, metas = _resume(
             [checkpoints[i] for i in live], [params_list[i] for i in live], [states[i] for i in live], log)
+        for i in live:  # the resume is valid: now write
+            train.write_run_files(workdirs[i], *checked[i])
         step = start
         for j, i in enumerate(live):
             params_list[i], states[i] = restored_params[j], restored_states[j]
@@ -239,9 +254,7 @@ def _train_trials(configs, workdirs, log) -> list:
                       if isinstance(r.get("loss"), (int, float))]
             last_good[i] = losses[-1] if losses else None
             if start and math.isfinite(float(states[i]["sched"]["best_select"])):
-                meta = checkpoints[i].restore_meta("best") or {}
-                best[i] = {"step": checkpoints[i].latest_step("best"), "valid_loss": meta.get("valid_loss"),
-                           "metrics": meta.get("metrics", {})}
+                best[i] = train.best_record(checkpoints[i], log)
             result_path = os.path.join(workdirs[i], "result.json")
             if os.path.exists(result_path):
                 os.remove(result_path)  # live again
@@ -362,10 +375,20 @@ def _train_trials(configs, workdirs, log) -> list:
             best_test = list(final_test)
             if need:
                 chosen = [_index(params, i) for i in range(k)]
+                readable = []
                 for i in need:
-                    chosen[i] = checkpoints[i].restore("best", train._abstract(chosen[i]))[0]
-                restored_test = evaluate(_stack(chosen), "test")
-                for i in need:
+                    try:
+                        restored = checkpoints[i].restore_readable("best", train._abstract(chosen[i]),
+                                                                   set_aside=True, log=log)
+                    except UnreadableCheckpoints as e:
+                        log(f"trial {i}: {e}; its result has no test metrics of the best checkpoint")
+                        restored = None
+                    if restored is not None:
+                        chosen[i] = restored[0]
+                        readable.append(i)
+                    best_test[i] = None
+                restored_test = evaluate(_stack(chosen), "test") if readable else None
+                for i in readable:
                     best_test[i] = restored_test[i]
             for i in done:
                 finish(i, train.run_result(

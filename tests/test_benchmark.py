@@ -6,6 +6,7 @@ import pytest
 
 from experiments import benchmark
 from rnn_jax import cells
+from tests.optional import torch_or_skip
 
 
 def test_flop_count_matches_the_lstm_formula():
@@ -150,7 +151,7 @@ def test_set_precision_default_changes_nothing():
 
 
 def test_torch_baseline_on_cpu_keeps_its_name_and_runs():
-    pytest.importorskip("torch")
+    torch_or_skip()
     tb = benchmark.torch_baseline("gru", 2, 3, 4, "cpu")
     assert tb.name == "torch nn.GRU" and tb.compile_s > 0
     tb.run(1)

@@ -41,7 +41,7 @@ def _corpus(tmp_path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["config_arg", "data_dir", "typo", "no_workdir"])
+@pytest.mark.parametrize("case", ["config_arg", "data_dir", "typo", "no_workdir", "validate"])
 def test_train_user_errors_are_one_line(tmp_path, case):
     workdir = f"--workdir={tmp_path / 'run'}"
     args, expected = {
@@ -52,6 +52,9 @@ def test_train_user_errors_are_one_line(tmp_path, case):
         "typo": ([f"--config={CONFIG}", "--config.trian.seq_len=5", workdir],
                  "--config.trian.seq_len: the config has no field 'trian'; did you mean \"train\""),
         "no_workdir": ([f"--config={CONFIG}"], "missing required flag --workdir"),
+        "validate": ([f"--config={CONFIG}", "--config.train.num_steps=0", "--config.train.num_epochs=0",
+                      f"--config.data.path={_corpus(tmp_path)}", workdir],
+                     "config.train.num_steps and config.train.num_epochs are both 0: set one"),
     }[case]
     line = _one_error_line(_run(args, module="experiments.train"))
     assert expected in line

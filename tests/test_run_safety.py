@@ -69,6 +69,16 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holder_does_not
     assert steps == list(range(1, 10))
 
 
+def test_a_sweep_worker_and_its_trainer_share_the_lock_and_name_the_holder(tmp_path):
+    workdir = str(tmp_path / "point")
+    with rundir.locked(workdir) as got:  # the sweep worker's hold: no record
+        assert got
+        with rundir.exclusive(workdir):  # the trainer it calls takes the same lock again
+            assert rundir.holder(workdir)["pid"] == os.getpid()
+    with rundir.locked(workdir) as got:  # released by both
+        assert got
+
+
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):
     config = tiny_config(write_corpus(tmp_path / "text.txt"))
     (tmp_path / "file").write_text("x")
@@ -180,6 +190,46 @@ def test_resume_and_sampling_pass_over_an_unreadable_checkpoint(tmp_path, capfd)
     assert_trees_close(_latest_params(workdir), _latest_params(reference), what="params")
     ignore = ("elapsed_s", "train_time_s")
     assert_records_close(train.read_metrics(str(workdir)), train.read_metrics(str(reference)), ignore=ignore)
+
+
+def test_checkpoints_that_all_cannot_be_read_stop_the_resume_and_stay(tmp_path):
+    config = tiny_config(write_corpus(tmp_path / "text.txt"), num_steps=6, sample_length=0, max_to_keep=2)
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(config, str(workdir), **QUIET)
+    latest = workdir / "checkpoints" / "latest"
+    for step in ("3", "6"):
+        _truncate_a_data_file(latest / step)
+    config.train.num_steps = 9
+    with pytest.raises(InputError, match=r"none of the 2 checkpoint\(s\) in latest/ can be read .* aside to start"):
+        train.train_and_evaluate(config, str(workdir), **QUIET)
+    assert sorted(os.listdir(latest)) == ["3", "6"]  # nothing moved, nothing restarted
+    assert max(r["step"] for r in train.read_metrics(str(workdir))) == 6
+
+
+def test_vmapped_trials_pass_over_an_unreadable_checkpoint(tmp_path):
+    from experiments.configs import tasks as tasks_config
+    from rnn_jax import trials
+
+    def configs(steps):
+        out = [tasks_config.get_config(f"task=memorization,runlocal,optimizer=sgd,lr=0.5,seed={i}") for i in (0, 1)]
+        for c in out:
+            c.train.update(num_steps=steps, checkpoint_every=3, eval_every=3, max_to_keep=2)
+        return out
+
+    dirs = [tmp_path / "t0", tmp_path / "t1"]
+    trials.train_trials(configs(6), dirs, **QUIET)
+    _truncate_a_data_file(dirs[1] / "checkpoints" / "latest" / "6")
+    lines = []
+    results = trials.train_trials(configs(9), dirs, log=lines.append)
+    assert [r["status"] for r in results] == ["completed", "completed"]
+    assert any(line.startswith("checkpoint latest/6 is unreadable") for line in lines), lines
+    assert any("newest readable checkpoints are at different steps [6, 3]: all trials start over" in line
+               for line in lines), lines
+    assert (dirs[1] / "checkpoints" / "unreadable" / "latest-6").is_dir()
+    fresh = [tmp_path / "f0", tmp_path / "f1"]
+    trials.train_trials(configs(9), fresh, **QUIET)
+    for d, f in zip(dirs, fresh):
+        assert_trees_close(_latest_params(d), _latest_params(f), what=f"params of {d.name}")
 
 
 # ----------------------------------------------------------------------------- divergence

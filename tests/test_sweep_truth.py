@@ -59,7 +59,7 @@ def test_sweep_run_exits_1_with_a_summary_and_the_readme_sweep_trains_every_cell
     line = line[0]
     assert line.startswith("5 points: 3 completed, 1 diverged, 1 failed; failed: "), line
     failed = sweep.run_dir(str(sweep_dir), sweep.point_name({"cell": "no_such_cell", "data.path": data}))
-    assert f"failed: {failed} (ValueError: " in line and "no_such_cell" in line
+    assert f"failed: {failed} (InputError: " in line and "no_such_cell" in line
     diverged = sweep.run_dir(str(sweep_dir), sweep.point_name(
         {"optim.name": "sgd", "optim.learning_rate": 1e38, "data.path": data}))
     assert f"; diverged: {diverged} (at step " in line
@@ -70,7 +70,7 @@ def test_sweep_run_exits_1_with_a_summary_and_the_readme_sweep_trains_every_cell
     rep = _run("experiments.report", f"--sweep_dir={sweep_dir}", timeout=120)
     assert rep.returncode == 0, rep.stderr[-2000:]
     assert "| mut1:input_term=linear |" in rep.stdout
-    assert f"1 run(s) failed: {os.path.relpath(failed, sweep_dir)} (ValueError: " in rep.stdout
+    assert f"1 run(s) failed: {os.path.relpath(failed, sweep_dir)} (InputError: " in rep.stdout
 
 
 TWO_POINTS = '''

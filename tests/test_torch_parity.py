@@ -1,16 +1,14 @@
 """Parity with PyTorch's nn.LSTM / nn.GRU; skipped where torch (the optional extra) is absent."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rnn_jax import cells, convert, layers
+from tests.optional import torch_or_skip
 
-# CI sets RNN_JAX_REQUIRE_TORCH=1 (it installs the torch extra): there a missing torch is an error
-torch = __import__("torch") if os.environ.get("RNN_JAX_REQUIRE_TORCH") else pytest.importorskip("torch")
+torch = torch_or_skip()  # required in CI (RNN_JAX_REQUIRE_TORCH=1)
 
 B, T, I, H = 2, 6, 3, 5
 

@@ -289,7 +289,7 @@ def _run_killed(workdir, corpus_path, steps, kills, seed, signals=(signal.SIGKIL
     rng = np.random.default_rng(seed)
     code = _CHILD.format(root=ROOT, path=corpus_path, steps=steps, workdir=str(workdir))
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    done_kills = 0
+    done_kills = refused = 0
     while True:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True, env=env)
@@ -307,6 +307,7 @@ def _run_killed(workdir, corpus_path, steps, kills, seed, signals=(signal.SIGKIL
                                        timeout=300)
                 if proc.poll() is None:  # refused while the first one held the directory
                     assert other.returncode != 0 and "in use by another run" in other.stderr, other.stderr[-2000:]
+                    refused += 1
             time.sleep(float(rng.uniform(0, 0.05)))
             proc.send_signal(signals[int(rng.integers(len(signals)))])
             proc.wait()
@@ -318,6 +319,8 @@ def _run_killed(workdir, corpus_path, steps, kills, seed, signals=(signal.SIGKIL
         proc.stdout.read()
         assert proc.wait() == 0
         break
+    if second_writer_every:  # the first run may end while a second writer starts: most must be checked
+        assert refused >= kills // second_writer_every // 2, refused
     return done_kills
 
 

@@ -24,8 +24,10 @@ other global. Nothing is imported. Sizes are bounded (``MAX_STEPS``, ``MAX_NOTES
 can refer to one list many times or ask for a huge memo.
 
 :func:`piano_rolls` turns a file into :class:`PianoRolls`: one ``float32`` multi-hot array
-``[num_frames, num_pitches]`` per split, its sequences concatenated in order (the stream protocol:
-there is no reset between sequences), plus the frame at which each sequence starts.
+``[num_frames, num_pitches]`` per split, its sequences concatenated in order, plus the frame at
+which each sequence starts. That is storage, not a protocol: the trainer reads the starts to treat
+the pieces as independent (``data.protocol="pieces"``, the default) or concatenates them into one
+stream (``"stream"``).
 """
 
 from __future__ import annotations

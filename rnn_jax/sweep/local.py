@@ -262,7 +262,7 @@ def summarize(sweep_dir: str, statuses: Mapping[str, str], *, diverged_ok: bool 
             if status == "failed":
                 why = _first_line(result.get("error") or "no error recorded")
             else:
-                why = f"at step {result['step']}" if isinstance(result.get("step"), int) else "non-finite loss"
+                why = f"at step {result['step']}" if isinstance(result.get("step"), int) else "diverged"
             shown.append(f"{run_dir(sweep_dir, name)} ({why})")
         more = f" and {len(names) - show} more" if len(names) > show else ""
         line += f"; {status}: " + ", ".join(shown) + more

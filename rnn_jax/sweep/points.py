@@ -133,7 +133,10 @@ def sweep_points(config_path: str, extra: Iterable[Mapping[str, Any]] = ()) -> l
 
 # ----------------------------------------------------------------------------- data paths, checked before a launch
 
-def _check_readable_file(what: str, path: str) -> None:
+def check_data_file(what: str, path: str) -> None:
+    """``InputError`` naming ``what`` (a flag or field) and ``path`` unless it is a readable file
+    (the trainer's own check, ``rnn_jax.data.text.check_data_file``, says the same without the
+    flag's name)."""
     if not os.path.exists(path):
         raise InputError(f"{what}={path}: no such file")
     if os.path.isdir(path):
@@ -143,11 +146,6 @@ def _check_readable_file(what: str, path: str) -> None:
             f.read(1)
     except OSError as e:
         raise InputError(f"{what}={path}: cannot be read ({e.strerror or e})") from None
-
-
-def check_data_file(what: str, path: str) -> None:
-    """``InputError`` naming ``what`` (a flag or field) and ``path`` unless it is a readable file."""
-    _check_readable_file(what, path)
 
 
 def check_ptb_dir(what: str, path: str) -> None:
@@ -163,7 +161,7 @@ def check_ptb_dir(what: str, path: str) -> None:
         raise InputError(f"{what}={path}: the directory lacks {', '.join(missing)} "
                          f"(expected {', '.join(PTB_FILES)})")
     for f in PTB_FILES:
-        _check_readable_file(what, os.path.join(path, f))
+        check_data_file(what, os.path.join(path, f))
 
 
 def check_data_paths(config_path: str, base_arg: str | None, points: Iterable[Mapping[str, Any]]) -> None:
