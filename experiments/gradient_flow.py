@@ -37,7 +37,7 @@ from absl import app, flags
 from experiments import cli
 from rnn_jax import cells as cells_lib
 from rnn_jax import gradflow
-from rnn_jax.train import write_json_atomic
+from rnn_jax.rundir import write_json_atomic
 
 DEFAULT_CELLS = ("rnn", "lstm", "lstm_b", "lstm_f", "gru", "mut1", "mut2", "mut3")
 SIGMAS = (0.5, 0.8, 1.0, 1.2, 1.5, 2.0)

@@ -37,6 +37,7 @@ import os
 from typing import Iterable, Sequence
 
 from rnn_jax.errors import InputError
+from rnn_jax.rundir import flatten, json_safe, read_json, read_metrics
 
 
 class NoCompletedRuns(ValueError):
@@ -45,11 +46,8 @@ class NoCompletedRuns(ValueError):
 
 
 def read_result(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "result.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """``result.json`` of a run directory (``None`` when it has none yet)."""
+    return read_json(os.path.join(workdir, "result.json"))
 
 
 def learning_curves(workdir: str):
@@ -58,8 +56,6 @@ def learning_curves(workdir: str):
     The seconds are the run's cumulative wall clock at each evaluation (``elapsed_s``: training,
     evaluation, checkpointing and compilation, summed over resumed sessions).
     """
-    from rnn_jax.train import read_metrics
-
     train, valid = [], []
     for r in read_metrics(workdir):
         if "valid_loss" in r:
@@ -188,21 +184,10 @@ def task_metric(task: str) -> TaskMetric:
     return TASK_METRICS.get(task, DEFAULT_METRIC)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def setting_of(config: dict) -> str:
     """Short stable hash of ``config`` without ``seed`` and :data:`NON_EXPERIMENT_FIELDS`
     (sha256 of the canonical JSON of the flattened config, first 12 hex digits)."""
-    flat = {k: v for k, v in _flatten(config).items() if k != "seed" and k not in NON_EXPERIMENT_FIELDS}
+    flat = {k: v for k, v in flatten(config).items() if k != "seed" and k not in NON_EXPERIMENT_FIELDS}
     text = json.dumps(flat, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
@@ -248,15 +233,6 @@ class Run:
         return str(self.result.get("status", "failed"))
 
 
-def read_json(path: str):
-    """The JSON in ``path``, or ``None`` when it is missing or unreadable (a torn write)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _run_dirs(sweep_dir: str):
     """``(path, has_config)`` of every directory at or below ``sweep_dir`` holding a
     ``config.json`` or a ``result.json``, without descending into one."""
@@ -291,7 +267,7 @@ def find_runs(sweep_dir: str) -> list[Run]:
         config = read_json(os.path.join(root, "config.json"))
         if not isinstance(config, dict):
             continue  # a torn or foreign config.json
-        flat = _flatten(config)
+        flat = flatten(config)
         result = read_json(os.path.join(root, "result.json"))
         result = result if isinstance(result, dict) else None
         task = flat.get("data.kind") or (result or {}).get("task") or "unknown"
@@ -389,7 +365,7 @@ def comparison(runs: Iterable[Run]) -> dict:
                 entry["second_mean"], entry["second_std"], entry["second_n"] = _stats(values)
             flats = {}
             for r in finished:
-                flats.setdefault(r.setting, {k: v for k, v in _flatten(r.config).items()
+                flats.setdefault(r.setting, {k: v for k, v in flatten(r.config).items()
                                              if k != "seed" and k not in NON_EXPERIMENT_FIELDS})
             keys = set().union(*flats.values())
             varied = sorted(k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str)
@@ -540,22 +516,6 @@ def table_csv(comp: dict, tasks: Sequence[str] | None = None, cells: Sequence[st
     return buf.getvalue()
 
 
-def _read_jsonl(workdir: str) -> list:
-    """Records of ``metrics.jsonl`` (a torn line is skipped); without importing the trainer."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    records = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict):
-                    records.append(rec)
-    return records
-
-
 def _savefig_atomic(fig, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
@@ -585,7 +545,7 @@ def plot_task_curves(runs: Sequence[Run], comp: dict, out_dir: str, tasks: Seque
                 continue
             run = by_dir.get(e["best_workdir"])
             workdir = run.workdir if run is not None else e["best_workdir"]
-            pts = [(r["step"], _num(r[m.curve])) for r in _read_jsonl(workdir)
+            pts = [(r["step"], _num(r[m.curve])) for r in read_metrics(workdir)
                    if m.curve in r and isinstance(r.get("step"), (int, float))]
             pts = [(s, v) for s, v in pts if v is not None]
             if pts:
@@ -606,16 +566,6 @@ def plot_task_curves(runs: Sequence[Run], comp: dict, out_dir: str, tasks: Seque
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def _write_text_atomic(path: str, text: str) -> None:
@@ -657,7 +607,7 @@ def write_report(sweep_dir: str, out_dir: str | None = None, tasks: Sequence[str
     _write_text_atomic(paths["table_csv"], table_csv(comp, tasks=tasks, cells=cells))
     pending = [r.workdir for r in runs if r.result is None]
     _write_text_atomic(paths["comparison_json"],
-                       json.dumps(_json_safe({"sweep_dir": sweep_dir, "num_runs": len(runs), "pending": pending,
+                       json.dumps(json_safe({"sweep_dir": sweep_dir, "num_runs": len(runs), "pending": pending,
                                               "failed": [w for w, _ in failed], "comparison": comp}),
                                   indent=2, sort_keys=True, allow_nan=False) + "\n")
     curves = plot_task_curves(runs, comp, out_dir, tasks=tasks, cells=cells)

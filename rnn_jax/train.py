@@ -15,14 +15,11 @@ for bit (on CPU). Records that the stopped run wrote after its last checkpoint a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
 import sys
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,28 +46,6 @@ LOSS_ON = ("all", "scored")
 MUSIC_PROTOCOLS = ("pieces", "stream")
 DIVERGE_FACTOR = 10.0  # default of train.diverge_factor
 SELECT_BY = ("valid_loss", "valid_accuracy")
-# Fields that may change when a run is resumed: they change logging, not the arithmetic (a moved
-# data file is allowed: the data's fingerprint in corpus.json is checked). The run length and the
-# evaluation period may change only where the schedule does not depend on them (see
-# `_schedule_fields`).
-RESUMABLE_CHANGES = ("data.path", "data.dir", "data.tfds_data_dir", "train.num_steps",
-                     "train.num_epochs", "train.log_every", "train.eval_every",
-                     "train.checkpoint_every", "train.max_to_keep", "train.sample_length",
-                     "train.diverge_factor",  # when a run counts as diverged, not its arithmetic
-                     "train.data_parallel",  # placement: a run may resume on another number of devices
-                     "trials_per_program")  # a trial's checkpoint is a plain run's (rnn_jax.trials)
-
-
-def _schedule_fields(config) -> tuple:
-    """Fields whose change would change the learning rates of a resumed run."""
-    name = config.optim.schedule.name
-    if name == "cosine":
-        return ("train.num_steps", "train.num_epochs")
-    if name == "plateau":
-        return ("train.num_steps", "train.num_epochs", "train.eval_every")
-    return ()
-
-
 # ----------------------------------------------------------------------------- config checks
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -497,121 +472,6 @@ class Evaluator:
         return metrics
 
 
-# ----------------------------------------------------------------------------- run files
-
-def _json_safe(obj):
-    """NaN and infinities become strings ("nan", "inf"): strict JSON has no such numbers."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_json_safe(obj), f, indent=2, sort_keys=True, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_metrics(workdir: str) -> list:
-    """All records of ``metrics.jsonl`` (a torn last line from a killed process is skipped)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
-
-
-def _truncate_after(workdir: str, step: int) -> list:
-    """Drop records past ``step`` (a resumed run writes them again); returns the kept records."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    records = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
-    if os.path.exists(path):
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(tmp, path)
-    path = os.path.join(workdir, "samples.txt")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        # blocks start at header lines "=== step N (valid loss X) ==="; generated text may contain
-        # anything, so a block ends only where the next well-formed header line starts
-        starts = [m.start() for m in _SAMPLE_HEADER_RE.finditer(text)]
-        kept = [text[:starts[0]] if starts else text]
-        for a, b in zip(starts, starts[1:] + [len(text)]):
-            if int(_SAMPLE_HEADER_RE.match(text, a).group(1)) <= step:
-                kept.append(text[a:b])
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(kept))
-        os.replace(tmp, path)
-    return records
-
-
-SAMPLE_HEADER = "=== step "
-_SAMPLE_HEADER_RE = re.compile(r"^=== step (\d+) \(valid loss [^\n]*\) ===$", re.MULTILINE)
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _check_config_file(config, workdir: str) -> dict:
-    """The config as JSON; raises when ``workdir`` holds a run whose config differs in a field
-    that a resumed run may not change."""
-    path = os.path.join(workdir, "config.json")
-    new = json.loads(config.to_json_best_effort())
-    if os.path.exists(path):
-        old = _read_json_file(path, workdir)
-        if not isinstance(old, dict):
-            raise InputError(f"{path} holds no config (a JSON {type(old).__name__}): restore it from the run's "
-                             f"own config, or move {workdir} aside and start a fresh run")
-        a, b = _flatten(old), _flatten(new)
-        allowed = [k for k in RESUMABLE_CHANGES if k not in _schedule_fields(config)]
-        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in allowed)
-        if changed:
-            details = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
-            raise InputError(f"{workdir} holds a run with a different config ({details}); "
-                             f"use a fresh workdir; a resumed run may change only {', '.join(allowed)}"
-                             f" (with the {config.optim.schedule.name!r} schedule)")
-    return new
-
-
-def corpus_fingerprint(corpus) -> dict:
-    """Sizes and SHA-256 of each split's token ids or frames (saved as corpus.json, checked on resume)."""
-    def digest(a):
-        a = np.asarray(a)
-        if np.issubdtype(a.dtype, np.floating):
-            a = np.ascontiguousarray(a, np.float32)
-            return hashlib.sha256(a.tobytes() + repr(a.shape).encode()).hexdigest()
-        return hashlib.sha256(np.ascontiguousarray(a, np.int32).tobytes()).hexdigest()
-    out = {split: {"tokens": int(len(corpus.split(split))), "sha256": digest(corpus.split(split))}
-           for split in ("train", "valid", "test")}
-    for split, starts in (getattr(corpus, "starts", None) or {}).items():  # piano rolls' pieces
-        out[split]["pieces"] = int(len(starts))
-        out[split]["pieces_sha256"] = digest(starts)
-    return out
-
-
 def _hms(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -783,7 +643,7 @@ def append_sample(f, model, params, corpus, train_config, sample_base, step: int
                              length=train_config.sample_length,
                              temperature=float(train_config.sample_temperature))
     text = corpus.vocab.decode(np.concatenate([prime, np.asarray(tokens[0])]))
-    f.write(f"{SAMPLE_HEADER}{step} (valid loss {valid_loss:.4f}) ===\n{text}\n\n")
+    f.write(f"{rundir.SAMPLE_HEADER}{step} (valid loss {valid_loss:.4f}) ===\n{text}\n\n")
     f.flush()
 
 
@@ -795,66 +655,6 @@ def run_summary(config, workdir: str, num_params: int, num_steps: int, steps_per
     return (f"{workdir}: {config.cell} {m.num_layers}x{m.hidden_size} ({num_params:,} parameters) on {data}; "
             f"{num_steps} steps of {t.batch_size}x{t.seq_len} ({steps_per_epoch} per epoch), {o.name} "
             f"lr {o.learning_rate:g}, clip {o.max_norm:g}")
-
-
-def _has_checkpoints(workdir: str) -> bool:
-    for kind in ("latest", "best"):
-        path = os.path.join(workdir, "checkpoints", kind)
-        if os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path)):
-            return True
-    return False
-
-
-def _read_json_file(path: str, workdir: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} is not valid JSON ({e}): restore it from the run's own config, or "
-                         f"move {workdir} aside and start a fresh run") from None
-
-
-def check_run_dir(config, corpus, workdir: str):
-    """Check a resumed run's config and data against ``workdir``'s, writing nothing; returns
-    ``(config_json, fingerprint, vocab)`` for :func:`write_run_files` (``vocab`` is ``None`` for
-    piano rolls). A directory with checkpoints but no readable ``config.json`` is refused: what
-    model those checkpoints belong to is unknown."""
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path) and _has_checkpoints(workdir):
-        raise InputError(f"{workdir} has checkpoints but no config.json, so what they belong to is unknown: "
-                         "put the run's config.json back, or move the directory aside and start a fresh run")
-    config_json = _check_config_file(config, workdir)
-    vocab_path = os.path.join(workdir, "vocab.json")
-    fingerprint_path = os.path.join(workdir, "corpus.json")
-    fingerprint = corpus_fingerprint(corpus)
-    vocab = getattr(corpus, "vocab", None)  # piano rolls have pitches, not a vocabulary
-    if os.path.exists(vocab_path) and vocab is not None:
-        data_lib.Vocab.load(vocab_path).check_same(vocab, f"resuming in {workdir}")
-    if os.path.exists(fingerprint_path):
-        saved = _read_json_file(fingerprint_path, workdir)
-        if saved != fingerprint:
-            diff = [s for s in fingerprint if not isinstance(saved, dict) or saved.get(s) != fingerprint[s]]
-            raise InputError(f"resuming in {workdir}: the data differ from the run's data in the "
-                             f"{', '.join(diff)} split(s) (corpus.json); use a fresh workdir for "
-                             f"different data")
-    return config_json, fingerprint, vocab
-
-
-def write_run_files(workdir: str, config_json: dict, fingerprint: dict, vocab) -> None:
-    """Write ``config.json``, ``vocab.json`` (once) and ``corpus.json`` of a checked run."""
-    os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(os.path.join(workdir, "config.json"), config_json)
-    vocab_path = os.path.join(workdir, "vocab.json")
-    if not os.path.exists(vocab_path) and vocab is not None:
-        vocab.save(vocab_path)
-    write_json_atomic(os.path.join(workdir, "corpus.json"), fingerprint)
-
-
-def prepare_run_dir(config, corpus, workdir: str):
-    """:func:`check_run_dir`, then :func:`write_run_files`; returns the vocabulary."""
-    config_json, fingerprint, vocab = check_run_dir(config, corpus, workdir)
-    write_run_files(workdir, config_json, fingerprint, vocab)
-    return vocab
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=None) -> dict:
@@ -875,7 +675,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=N
 
 def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
     t = config.train
-    config_json, fingerprint, vocab = check_run_dir(config, corpus, workdir)
+    config_json, fingerprint, vocab = rundir.check_run_dir(config, corpus, workdir)
 
     loss_mask = task_loss_mask(config, corpus)
     train_data = TrainStreams(config, corpus, loss_mask)
@@ -906,7 +706,7 @@ def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
     except BaseException:
         checkpoints.close()
         raise
-    write_run_files(workdir, config_json, fingerprint, vocab)  # the resume is valid: now write
+    rundir.write_run_files(workdir, config_json, fingerprint, vocab)  # the resume is valid: now write
     if restored is not None:
         params, state, meta = restored
         start = int(state["step"])
@@ -915,7 +715,7 @@ def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
     else:
         start = 0
         time_offsets = (0.0, 0.0)
-    losses = [r["loss"] for r in _truncate_after(workdir, start)
+    losses = [r["loss"] for r in rundir.truncate_after(workdir, start)
               if isinstance(r.get("loss"), (int, float))]
     if os.path.exists(result_path):
         os.remove(result_path)  # the run is live again; a new result is written when it ends
@@ -950,7 +750,7 @@ def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
             if not bool(m["finite"]):
                 ok = False
                 state["step"] = jnp.asarray(step, jnp.int32)  # the result names the step that diverged
-                metrics_file.write(json.dumps(_json_safe(record)) + "\n")
+                metrics_file.write(json.dumps(rundir.json_safe(record)) + "\n")
                 break
             last_good_loss = record["loss"]
             metrics_file.write(json.dumps(record) + "\n")
@@ -1041,7 +841,7 @@ def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
                          "best_select": jnp.asarray(min(score, float(sched["best_select"])), jnp.float32),
                          "bad_evals": jnp.asarray(bad, jnp.int32), "halvings": jnp.asarray(halvings, jnp.int32)}
                 state["sched"] = sched
-                metrics_file.write(json.dumps(_json_safe(record)) + "\n")
+                metrics_file.write(json.dumps(rundir.json_safe(record)) + "\n")
                 metrics_file.flush()
                 if tb is not None:
                     tb.add_scalar("valid/loss", valid, step)
@@ -1053,7 +853,7 @@ def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
                     extra = {k: v for k, v in valid_metrics.items() if k != "loss"}
                     best = {"step": step, "valid_loss": valid, "metrics": extra}
                     checkpoints.save("best", step, params, state,
-                                     _json_safe({"step": step, "valid_loss": valid, "metrics": extra}))
+                                     rundir.json_safe({"step": step, "valid_loss": valid, "metrics": extra}))
             save(step)
             progress.resume()
             if stop:
@@ -1071,7 +871,7 @@ def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
             tb.close()
         if isinstance(e, Exception) or save_error is not None:
             error = e if isinstance(e, Exception) else save_error
-            write_json_atomic(result_path, {"status": "failed", "error": f"{type(error).__name__}: {error}",
+            rundir.write_json_atomic(result_path, {"status": "failed", "error": f"{type(error).__name__}: {error}",
                                             "step": int(state["step"]), "num_steps": num_steps})
         raise
 
@@ -1092,7 +892,7 @@ def _train_and_evaluate(config, corpus, workdir: str, log) -> dict:
     if tb is not None:
         tb.close()
     checkpoints.close()
-    write_json_atomic(result_path, result)
+    rundir.write_json_atomic(result_path, result)
     log(f"{status}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in result.items() if "loss" in k or "perplexity" in k))
     log(f"results: {result_path} (curves: metrics.jsonl, checkpoints: checkpoints/best and latest)")

@@ -36,7 +36,7 @@ import numpy as np
 
 from rnn_jax import data as data_lib
 from rnn_jax import lm as lm_lib
-from rnn_jax import report, rundir, train
+from rnn_jax import rundir, train
 from rnn_jax.checkpoint import RunCheckpoints, UnreadableCheckpoints
 from rnn_jax.errors import InputError
 
@@ -48,7 +48,7 @@ _NOT_COMPARED = TRIAL_FIELDS + ("trials_per_program",)
 
 
 def _flat(config) -> dict:
-    return train._flatten(json.loads(config.to_json_best_effort()))
+    return rundir.flatten(json.loads(config.to_json_best_effort()))
 
 
 def program_key(config) -> str:
@@ -167,14 +167,14 @@ def _train_trials(configs, workdirs, log) -> list:
     t = config.train
     # a trial already recorded as diverged stays so (rerunning would diverge again; a sweep counts
     # it as done) and its files are left as they are; the others resume together from one step
-    earlier = [report.read_json(os.path.join(w, "result.json")) for w in workdirs]
+    earlier = [rundir.read_json(os.path.join(w, "result.json")) for w in workdirs]
     live = [i for i in range(k) if (earlier[i] or {}).get("status") != "diverged"]
     if not live:
         log(f"all {k} trials diverged earlier: nothing to run")
         return earlier
     corpus = train.load_data(config.data)
     train.check_data_fits(config, corpus)
-    checked = {i: train.check_run_dir(configs[i], corpus, workdirs[i]) for i in live}  # written after the resume
+    checked = {i: rundir.check_run_dir(configs[i], corpus, workdirs[i]) for i in live}  # written after the resume
     vocab = checked[live[0]][2]
 
     loss_mask = train.task_loss_mask(config, corpus)
@@ -233,7 +233,7 @@ def _train_trials(configs, workdirs, log) -> list:
     def finish(i: int, result: dict) -> None:
         result["vmapped"] = {"trials": k, "index": int(i)}
         results[i] = result
-        train.write_json_atomic(os.path.join(workdirs[i], "result.json"), result)
+        rundir.write_json_atomic(os.path.join(workdirs[i], "result.json"), result)
 
     try:
         for i in live:
@@ -241,7 +241,7 @@ def _train_trials(configs, workdirs, log) -> list:
         start, restored_params, restored_states, metas = _resume(
             [checkpoints[i] for i in live], [params_list[i] for i in live], [states[i] for i in live], log)
         for i in live:  # the resume is valid: now write
-            train.write_run_files(workdirs[i], *checked[i])
+            rundir.write_run_files(workdirs[i], *checked[i])
         step = start
         for j, i in enumerate(live):
             params_list[i], states[i] = restored_params[j], restored_states[j]
@@ -250,7 +250,7 @@ def _train_trials(configs, workdirs, log) -> list:
         time_offsets = (float(metas[0].get("elapsed_s", 0.0)), float(metas[0].get("train_time_s", 0.0)))
         progress = train.Progress(start, num_steps)
         for i in live:
-            losses = [r["loss"] for r in train._truncate_after(workdirs[i], start)
+            losses = [r["loss"] for r in rundir.truncate_after(workdirs[i], start)
                       if isinstance(r.get("loss"), (int, float))]
             last_good[i] = losses[-1] if losses else None
             if start and math.isfinite(float(states[i]["sched"]["best_select"])):
@@ -281,7 +281,7 @@ def _train_trials(configs, workdirs, log) -> list:
                     record = train.step_record(at, {name: v[i] for name, v in m.items()})
                     if not bool(m["finite"][i]):
                         active[i], ended[i] = False, at
-                        metrics_files[i].write(json.dumps(train._json_safe(record)) + "\n")
+                        metrics_files[i].write(json.dumps(rundir.json_safe(record)) + "\n")
                         metrics_files[i].flush()
                         # recorded at once: a resumed program must not run it again
                         finish(i, train.run_result("diverged", at, num_steps, steps_per_epoch, num_params,
@@ -346,7 +346,7 @@ def _train_trials(configs, workdirs, log) -> list:
                     sched[i] = {"best_valid": jnp.asarray(min(valid, float(sched[i]["best_valid"])), jnp.float32),
                                 "best_select": jnp.asarray(min(score, float(sched[i]["best_select"])), jnp.float32),
                                 "bad_evals": jnp.zeros((), jnp.int32), "halvings": jnp.zeros((), jnp.int32)}
-                    metrics_files[i].write(json.dumps(train._json_safe(record)) + "\n")
+                    metrics_files[i].write(json.dumps(rundir.json_safe(record)) + "\n")
                     metrics_files[i].flush()
                     if boards[i] is not None:
                         boards[i].add_scalar("valid/loss", valid, step)
@@ -355,7 +355,7 @@ def _train_trials(configs, workdirs, log) -> list:
                         extra = {name: v for name, v in valid_metrics.items() if name != "loss"}
                         best[i] = {"step": step, "valid_loss": valid, "metrics": extra}
                         checkpoints[i].save("best", step, p_i, trial_state(i, step),
-                                            train._json_safe({"step": step, "valid_loss": valid, "metrics": extra}))
+                                            rundir.json_safe({"step": step, "valid_loss": valid, "metrics": extra}))
                 checkpoints[i].save("latest", step, p_i, trial_state(i, step),
                                     {"step": step, "time": time.time(), **times()})
             if do_eval:
@@ -402,7 +402,7 @@ def _train_trials(configs, workdirs, log) -> list:
         if error is not None:
             for i in live:
                 if results[i] is None:  # diverged or completed trials keep their result
-                    train.write_json_atomic(os.path.join(workdirs[i], "result.json"), {
+                    rundir.write_json_atomic(os.path.join(workdirs[i], "result.json"), {
                         "status": "failed", "error": f"{type(error).__name__}: {error}", "step": step,
                         "num_steps": num_steps, "vmapped": {"trials": k, "index": int(i)}})
         close(checkpoints_too=False)

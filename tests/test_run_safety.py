@@ -65,7 +65,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holder_does_not
         holder.wait()
     result = train.train_and_evaluate(config, str(workdir), **QUIET)
     assert result["status"] == "completed" and result["step"] == 9
-    steps = [r["step"] for r in train.read_metrics(str(workdir)) if "loss" in r]
+    steps = [r["step"] for r in rundir.read_metrics(str(workdir)) if "loss" in r]
     assert steps == list(range(1, 10))
 
 
@@ -189,7 +189,7 @@ def test_resume_and_sampling_pass_over_an_unreadable_checkpoint(tmp_path, capfd)
     assert (workdir / "checkpoints" / "unreadable" / "latest-9" / "params").is_dir()
     assert_trees_close(_latest_params(workdir), _latest_params(reference), what="params")
     ignore = ("elapsed_s", "train_time_s")
-    assert_records_close(train.read_metrics(str(workdir)), train.read_metrics(str(reference)), ignore=ignore)
+    assert_records_close(rundir.read_metrics(str(workdir)), rundir.read_metrics(str(reference)), ignore=ignore)
 
 
 def test_checkpoints_that_all_cannot_be_read_stop_the_resume_and_stay(tmp_path):
@@ -203,7 +203,7 @@ def test_checkpoints_that_all_cannot_be_read_stop_the_resume_and_stay(tmp_path):
     with pytest.raises(InputError, match=r"none of the 2 checkpoint\(s\) in latest/ can be read .* aside to start"):
         train.train_and_evaluate(config, str(workdir), **QUIET)
     assert sorted(os.listdir(latest)) == ["3", "6"]  # nothing moved, nothing restarted
-    assert max(r["step"] for r in train.read_metrics(str(workdir))) == 6
+    assert max(r["step"] for r in rundir.read_metrics(str(workdir))) == 6
 
 
 def test_vmapped_trials_pass_over_an_unreadable_checkpoint(tmp_path):
@@ -240,7 +240,7 @@ def test_a_loss_far_above_chance_is_divergence_even_when_finite(tmp_path):
     lines = []
     result = train.train_and_evaluate(config, str(tmp_path / "run"), log=lines.append)
     assert result["status"] == "diverged" and result["step"] == 1
-    record = train.read_metrics(str(tmp_path / "run"))[-1]
+    record = rundir.read_metrics(str(tmp_path / "run"))[-1]
     assert np.isfinite(record["loss"]) and record["loss"] > 0.5 * np.log(11)
     assert any("diverged" in line and "before any checkpoint was saved" in line for line in lines), lines
     assert "last good checkpoint" not in " ".join(lines)

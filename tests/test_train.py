@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnn_jax import data, train
+from rnn_jax import data, rundir, train
 from rnn_jax.checkpoint import RunCheckpoints
 from tests.lm_helpers import tiny_config, write_corpus
 from tests.trees import assert_trees_close
@@ -147,7 +147,7 @@ def test_run_writes_metrics_samples_checkpoints_and_result(tmp_path, corpus_path
     assert saved["status"] == "completed" and saved["best_valid_loss"] == result["best_valid_loss"]
     for key in ("final_valid_loss", "final_test_loss", "test_loss", "best_step", "num_params"):
         assert key in saved
-    records = train.read_metrics(str(workdir))
+    records = rundir.read_metrics(str(workdir))
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == list(range(1, 13))  # every step is logged
     for r in records:
@@ -173,18 +173,18 @@ def test_clipping_is_reported_when_the_norm_exceeds_max_norm(tmp_path, corpus_pa
     config = tiny_config(corpus_path, num_steps=4, eval_every=4)
     config.optim.max_norm = 1e-4
     train.train_and_evaluate(config, str(tmp_path / "a"), log=lambda m: None)
-    records = [r for r in train.read_metrics(str(tmp_path / "a")) if "loss" in r]
+    records = [r for r in rundir.read_metrics(str(tmp_path / "a")) if "loss" in r]
     assert all(r["clipped"] and r["grad_norm"] > 1e-4 for r in records)
     config.optim.max_norm = 1e6
     train.train_and_evaluate(config, str(tmp_path / "b"), log=lambda m: None)
-    records = [r for r in train.read_metrics(str(tmp_path / "b")) if "loss" in r]
+    records = [r for r in rundir.read_metrics(str(tmp_path / "b")) if "loss" in r]
     assert not any(r["clipped"] for r in records)
 
 
 def _records(workdir):
     """metrics.jsonl without the timing fields, and the sample headers."""
     records = [{k: v for k, v in r.items() if k not in ("elapsed_s", "train_time_s")}
-               for r in train.read_metrics(str(workdir))]
+               for r in rundir.read_metrics(str(workdir))]
     headers = [line for line in (workdir / "samples.txt").read_text().splitlines()
                if line.startswith("=== step ")]
     return records, headers
@@ -225,7 +225,7 @@ def test_samples_truncation_survives_header_like_text(tmp_path):
     (tmp_path / "samples.txt").write_text(
         "=== step 2 (valid loss 3.0000) ===\nabc\n=== step 9 ===\n\n"
         "=== step 4 (valid loss 2.0000) ===\nxyz\n\n", encoding="utf-8")
-    train._truncate_after(str(tmp_path), 3)
+    rundir.truncate_after(str(tmp_path), 3)
     assert (tmp_path / "samples.txt").read_text() == "=== step 2 (valid loss 3.0000) ===\nabc\n=== step 9 ===\n\n"
 
 
@@ -263,7 +263,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_pa
     assert step == 4 and result["step"] == 6
     params = _params(str(workdir), "latest")
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
-    records = train.read_metrics(str(workdir))
+    records = rundir.read_metrics(str(workdir))
     # step 6 updated with an infinite rate: its parameters are not finite (its loss still is)
     assert records[-1]["step"] == 6 and records[-2]["step"] == 5
 
@@ -303,11 +303,12 @@ def _run_killed(workdir, corpus_path, steps, kills, seed, signals=(signal.SIGKIL
                     if seen >= target:
                         break
             if second_writer_every and done_kills % second_writer_every == 0 and proc.poll() is None:
+                proc.send_signal(signal.SIGSTOP)  # paused, it still holds the directory
                 other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                                        timeout=300)
-                if proc.poll() is None:  # refused while the first one held the directory
-                    assert other.returncode != 0 and "in use by another run" in other.stderr, other.stderr[-2000:]
-                    refused += 1
+                assert other.returncode != 0 and "in use by another run" in other.stderr, other.stderr[-2000:]
+                refused += 1
+                proc.send_signal(signal.SIGCONT)
             time.sleep(float(rng.uniform(0, 0.05)))
             proc.send_signal(signals[int(rng.integers(len(signals)))])
             proc.wait()
@@ -319,8 +320,8 @@ def _run_killed(workdir, corpus_path, steps, kills, seed, signals=(signal.SIGKIL
         proc.stdout.read()
         assert proc.wait() == 0
         break
-    if second_writer_every:  # the first run may end while a second writer starts: most must be checked
-        assert refused >= kills // second_writer_every // 2, refused
+    if second_writer_every:
+        assert refused >= 1
     return done_kills
 
 
@@ -328,7 +329,7 @@ def _run_killed(workdir, corpus_path, steps, kills, seed, signals=(signal.SIGKIL
 def test_sigkill_and_resume_gives_identical_parameters(tmp_path, corpus_path, kills):
     """2 SIGKILLs in the default tier; the slow tier's soak: 20 stops by SIGKILL, SIGTERM or SIGINT
     at random moments, with a second writer attempted at every third."""
-    steps = 24 if kills < 10 else 60
+    steps = 24 if kills < 10 else 200  # enough that every one of the 20 stops lands before the end
     reference = tmp_path / "reference"
     config = tiny_config(corpus_path, num_steps=steps, checkpoint_every=2, eval_every=10, log_every=1)
     config.optim.schedule.name = "cosine"
@@ -336,8 +337,9 @@ def test_sigkill_and_resume_gives_identical_parameters(tmp_path, corpus_path, ki
     train.train_and_evaluate(config, str(reference), log=lambda m: None)
     killed = tmp_path / "killed"
     mixed = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT) if kills >= 10 else (signal.SIGKILL,)
-    assert _run_killed(killed, corpus_path, steps, kills, seed=kills, signals=mixed,
-                       second_writer_every=3 if kills >= 10 else 0) >= 1
+    done = _run_killed(killed, corpus_path, steps, kills, seed=kills, signals=mixed,
+                       second_writer_every=3 if kills >= 10 else 0)
+    assert done == kills if kills >= 10 else done >= 1
     assert json.loads((killed / "result.json").read_text())["status"] == "completed"
     assert_trees_close(_params(str(killed)), _params(str(reference)), what="params")
     assert _records(reference) == _records(killed)
@@ -368,7 +370,7 @@ def test_tbptt_carry_is_carried_across_chunks(tmp_path):
         config.model.update(num_layers=1, hidden_size=32)
         config.optim.learning_rate = 2e-2
         train.train_and_evaluate(config, str(tmp_path / mode), log=lambda m: None)
-        records = [r["loss"] for r in train.read_metrics(str(tmp_path / mode)) if "loss" in r]
+        records = [r["loss"] for r in rundir.read_metrics(str(tmp_path / mode)) if "loss" in r]
         losses[mode] = float(np.mean(records[-50:]))
     # Without a carried state the first target of every 4-step chunk is a guess among 7 letters:
     # at least ln(7)/4 nats per character. Carrying the state across chunks gets below that.
@@ -416,7 +418,7 @@ def test_word_level_run_reports_perplexity_and_samples_words(tmp_path):
     assert result["status"] == "completed" and result["level"] == "word"
     assert result["test_perplexity"] == pytest.approx(np.exp(result["test_loss"]))
     assert 1.0 < result["best_valid_perplexity"] < 30
-    assert any("valid_perplexity" in r for r in train.read_metrics(str(workdir)))
+    assert any("valid_perplexity" in r for r in rundir.read_metrics(str(workdir)))
     out = subprocess.run([sys.executable, "-m", "experiments.sample", f"--workdir={workdir}",
                           "--length=12", "--seed=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tasks as tasks_config
-from rnn_jax import sweep, train, trials
+from rnn_jax import rundir, sweep, train, trials
 from rnn_jax.checkpoint import RunCheckpoints
 from rnn_jax.sweep import local
 from tests.trees import assert_records_close
@@ -73,7 +73,7 @@ def test_vmapped_trials_equal_separate_runs_and_resume(tmp_path):
         assert vm.pop("vmapped") == {"trials": 3, "index": i}
         _close(vm, single, f"result {i}")
         assert json.load(open(vdirs[i] / "result.json"))["vmapped"]["index"] == i
-        assert_records_close(train.read_metrics(str(vdirs[i])), train.read_metrics(str(tmp_path / f"single{i}")),
+        assert_records_close(rundir.read_metrics(str(vdirs[i])), rundir.read_metrics(str(tmp_path / f"single{i}")),
                              rtol=1e-5, atol=1e-6, ignore=TIMES, what=f"metrics {i}")
         if single["status"] == "completed":
             (sa, pa), (sb, pb) = _latest_params(vdirs[i]), _latest_params(tmp_path / f"single{i}")
@@ -127,5 +127,5 @@ def test_dropout_random_windows_and_a_schedule_match_separate_runs(tmp_path):
         single = train.train_and_evaluate(config, str(tmp_path / f"s{i}"), log=lambda m: None)
         results[i].pop("vmapped")
         _close(results[i], single, f"result {i}")
-        assert_records_close(train.read_metrics(str(tmp_path / f"t{i}")), train.read_metrics(str(tmp_path / f"s{i}")),
+        assert_records_close(rundir.read_metrics(str(tmp_path / f"t{i}")), rundir.read_metrics(str(tmp_path / f"s{i}")),
                              rtol=1e-5, atol=1e-6, ignore=TIMES, what=f"metrics {i}")

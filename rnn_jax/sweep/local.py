@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import multiprocessing
 import os
 import sys
@@ -40,26 +39,6 @@ def run_dir(sweep_dir: str, name: str) -> str:
     return os.path.join(sweep_dir, "runs", name)
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def _read_json(path: str, strict: bool = False):
-    """The JSON in ``path``; ``None`` when it is missing (or unreadable, unless ``strict``)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as e:
-        if strict:
-            raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it") from None
-        return None
-
-
 def _locked(workdir: str, wait_s: float = 0.0, name: str = ".lock"):
     """Hold ``<workdir>/<name>`` exclusively; yields False when another process still holds it
     after ``wait_s`` seconds. The run directory's lock is the trainer's own (:mod:`rnn_jax.rundir`):
@@ -72,7 +51,7 @@ def point_state(workdir: str) -> str:
     or the status in result.json."""
     if not os.path.isdir(workdir):
         return "pending"
-    result = _read_json(os.path.join(workdir, "result.json"))
+    result = rundir.read_json(os.path.join(workdir, "result.json"))
     if result is not None and result.get("status") in ("completed", "diverged", "failed"):
         return result["status"]
     with _locked(workdir) as got:
@@ -111,11 +90,11 @@ def run_program(config_path: str, base_arg: str | None, overrides: Sequence[Mapp
             if not stack.enter_context(_locked(workdir, wait_s=5.0)):  # `status` may hold it a moment
                 results[i] = {"status": "running", "skipped": True}
                 continue
-            result = _read_json(os.path.join(workdir, "result.json"))
+            result = rundir.read_json(os.path.join(workdir, "result.json"))
             if result is not None and result.get("status") in DONE:
                 results[i] = {**result, "skipped": True}
                 continue
-            _write_json(os.path.join(workdir, "overrides.json"), dict(overrides[i]))
+            rundir.write_json_atomic(os.path.join(workdir, "overrides.json"), dict(overrides[i]))
             live.append(i)
         if not live:
             return results
@@ -137,12 +116,12 @@ def run_program(config_path: str, base_arg: str | None, overrides: Sequence[Mapp
             error = f"{type(e).__name__}: {e}"
             for i in live:
                 path = os.path.join(workdirs[i], "result.json")
-                result = _read_json(path)
+                result = rundir.read_json(path)
                 if result is not None and result.get("status") in DONE:  # a trial that ended first
                     results[i] = {**result, "skipped": False}
                     continue
                 if result is None or result.get("status") != "failed":
-                    _write_json(path, {"status": "failed", "error": error})
+                    rundir.write_json_atomic(path, {"status": "failed", "error": error})
                 results[i] = {"status": "failed", "error": error, "skipped": False}
     return results
 
@@ -207,7 +186,7 @@ def record_sweep(sweep_dir: str, config_path: str, base_arg: str | None, points:
     with _locked(sweep_dir, wait_s=60.0, name=".sweep.lock") as got:  # concurrent launchers
         if not got:
             raise RuntimeError(f"{sweep_dir}/.sweep.lock is held by another process for more than a minute")
-        saved = (_read_json(path, strict=True)
+        saved = (rundir.read_json(path, strict=True)
                  or {"config": os.path.abspath(config_path), "arg": base_arg, "points": {}})
         if saved.get("config") != os.path.abspath(config_path) or saved.get("arg") != base_arg:
             raise InputError(f"{sweep_dir} holds a sweep of config {saved.get('config')} with arg "
@@ -218,13 +197,13 @@ def record_sweep(sweep_dir: str, config_path: str, base_arg: str | None, points:
             name = points_lib.point_name(p)
             saved["points"][name] = dict(p)
             names.append(name)
-        _write_json(path, saved)
+        rundir.write_json_atomic(path, saved)
     return names
 
 
 def sweep_status(sweep_dir: str) -> dict:
     """``{name: state}`` for every point recorded in ``sweep.json``."""
-    saved = _read_json(os.path.join(sweep_dir, "sweep.json"), strict=True)
+    saved = rundir.read_json(os.path.join(sweep_dir, "sweep.json"), strict=True)
     if saved is None:
         raise FileNotFoundError(f"{sweep_dir} has no sweep.json: not a sweep directory")
     return {name: point_state(run_dir(sweep_dir, name)) for name in saved["points"]}
@@ -258,7 +237,7 @@ def summarize(sweep_dir: str, statuses: Mapping[str, str], *, diverged_ok: bool 
             continue
         shown = []
         for name in names[:show]:
-            result = _read_json(os.path.join(run_dir(sweep_dir, name), "result.json")) or {}
+            result = rundir.read_json(os.path.join(run_dir(sweep_dir, name), "result.json")) or {}
             if status == "failed":
                 why = _first_line(result.get("error") or "no error recorded")
             else:
@@ -324,9 +303,9 @@ def launch_local(sweep_dir: str, config_path: str, points: Sequence[Mapping[str,
                 for name in program:
                     out = {"status": "failed", "error": "the worker process died"}
                     result_path = os.path.join(run_dir(sweep_dir, name), "result.json")
-                    if _read_json(result_path) is None:
+                    if rundir.read_json(result_path) is None:
                         os.makedirs(os.path.dirname(result_path), exist_ok=True)
-                        _write_json(result_path, out)
+                        rundir.write_json_atomic(result_path, out)
                     outs.append(out)
             for name, out in zip(program, outs):
                 statuses[name] = out["status"]

@@ -20,6 +20,7 @@ import subprocess
 import time
 from typing import Any, Mapping, Sequence
 
+from rnn_jax import rundir
 from rnn_jax.sweep import local
 
 
@@ -47,7 +48,7 @@ class SlurmResources:
 
 def _queued(workdir: str) -> bool:
     """Whether the SLURM job recorded in ``workdir/slurm_job.json`` is still in the queue."""
-    record = local._read_json(os.path.join(workdir, "slurm_job.json"))
+    record = rundir.read_json(os.path.join(workdir, "slurm_job.json"))
     if not record:
         return False
     try:
@@ -113,8 +114,8 @@ def launch_slurm(sweep_dir: str, config_path: str, points: Sequence[Mapping[str,
     ids = [job.job_id for job in jobs]
     for program, job_id in zip(programs, ids):  # a relaunch does not submit a queued point again
         for name in program:
-            local._write_json(os.path.join(local.run_dir(sweep_dir, name), "slurm_job.json"),
-                              {"job_id": job_id, "folder": folder, "time": time.time()})
+            rundir.write_json_atomic(os.path.join(local.run_dir(sweep_dir, name), "slurm_job.json"),
+                                     {"job_id": job_id, "folder": folder, "time": time.time()})
     log(f"submitted array {ids[0].split('_')[0] if ids else '-'} ({len(ids)} tasks for {len(todo)} points, "
         f"{resources.array_parallelism} at a time); logs in {folder}")
     return ids
