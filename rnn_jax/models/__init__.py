@@ -1,0 +1,1 @@
+"""Model kinds; the registry comes with the trainer integration."""
