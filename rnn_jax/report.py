@@ -36,6 +36,7 @@ import math
 import os
 from typing import Iterable, Sequence
 
+from rnn_jax import rundir
 from rnn_jax.errors import InputError
 from rnn_jax.rundir import flatten, json_safe, read_json, read_metrics
 
@@ -118,13 +119,9 @@ def plot_runs(workdirs: Sequence[str], out_path: str, labels: Sequence[str] | No
 
 # ----------------------------------------------------------------------------- comparison tables
 
-# Config fields that do not change the experiment (logging, checkpointing, samples, data paths):
-# left out of a run's setting, as is the top-level ``seed``.
-# Fields that do not change what a run computes. The data paths are kept: runs on different files
-# (JSB vs Nottingham) are different settings.
-NON_EXPERIMENT_FIELDS = ("train.log_every", "train.checkpoint_every", "train.max_to_keep",
-                         "train.sample_length", "data.tfds_data_dir",
-                         "trials_per_program")  # a vmapped trial is the same experiment as a plain run
+# Fields that do not change what a run computes, left out of a run's setting with the top-level
+# ``seed``. The data paths are kept: runs on different files (JSB vs Nottingham) are different settings.
+NON_EXPERIMENT_FIELDS = rundir.NON_EXPERIMENT_FIELDS  # logging and execution fields (rundir.FIELD_KINDS)
 
 CANONICAL_CELLS = ("rnn", "lstm", "lstm_f", "lstm_i", "lstm_o", "lstm_b", "gru", "mut1", "mut2", "mut3")
 CANONICAL_TASKS = ("arithmetic", "xml", "memorization", "ptb", "music", "char")

@@ -129,16 +129,38 @@ def exclusive(workdir: str) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- files
 
-# Fields that may change when a run is resumed: they change logging, not the arithmetic (a moved
-# data file is allowed: the data's fingerprint in corpus.json is checked). The run length and the
-# evaluation period may change only where the schedule does not depend on them (see
-# `_schedule_fields`).
-RESUMABLE_CHANGES = ("data.path", "data.dir", "data.tfds_data_dir", "train.num_steps",
-                     "train.num_epochs", "train.log_every", "train.eval_every",
-                     "train.checkpoint_every", "train.max_to_keep", "train.sample_length",
-                     "train.diverge_factor",  # when a run counts as diverged, not its arithmetic
-                     "train.data_parallel",  # placement: a run may resume on another number of devices
-                     "trials_per_program")  # a trial's checkpoint is a plain run's (rnn_jax.trials)
+# What each config field is to a run: one table for the questions that the trainer (what may change
+# on resume), the report (what makes two runs the same setting), vmapped trials (what trials of one
+# program may differ in) and the sweep (what a point's name leaves out) ask. Every field not listed
+# is "experiment": it changes what is computed.
+FIELD_KINDS = {
+    # where the data live: a resumed run may move them (corpus.json checks that the data are the same)
+    "data.path": "location", "data.dir": "location",
+    # how the same computation is carried out
+    "data.tfds_data_dir": "execution",
+    "trials_per_program": "execution",  # a trial's run directory is a plain run's (rnn_jax.trials)
+    # on how many devices: resumable, but part of the setting (the batch sums round differently)
+    "train.data_parallel": "placement",
+    # how long, how often evaluated: resumable where the schedule does not depend on them
+    # (_schedule_fields), part of the setting
+    "train.num_steps": "length", "train.num_epochs": "length", "train.eval_every": "length",
+    # what is recorded and kept, and when a run counts as diverged: never what is computed
+    "train.log_every": "logging", "train.checkpoint_every": "logging", "train.max_to_keep": "logging",
+    "train.sample_length": "logging", "train.diverge_factor": "logging",
+    # what the vmapped trials of one program may differ in (the init scales act in init only)
+    "seed": "trial", "optim.learning_rate": "trial", "optim.max_norm": "trial",
+    "model.init_scale": "trial", "model.embed_scale": "trial", "model.output_scale": "trial",
+}
+
+
+def fields(*kinds: str) -> tuple:
+    """The config fields of the given kinds (see :data:`FIELD_KINDS`)."""
+    return tuple(name for name, kind in FIELD_KINDS.items() if kind in kinds)
+
+
+RESUMABLE_CHANGES = fields("location", "execution", "placement", "length", "logging")
+NON_EXPERIMENT_FIELDS = fields("execution", "logging")  # left out of a setting, with the seed
+TRIAL_FIELDS = fields("trial")
 
 
 def _schedule_fields(config) -> tuple:

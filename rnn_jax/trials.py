@@ -42,9 +42,8 @@ from rnn_jax.errors import InputError
 
 # The fields in which the trials of one program may differ: the seed, two optimizer scalars and
 # the initialisers' scales (used by ``init`` only, never by ``apply``).
-TRIAL_FIELDS = ("seed", "optim.learning_rate", "optim.max_norm", "model.init_scale",
-                "model.embed_scale", "model.output_scale")
-_NOT_COMPARED = TRIAL_FIELDS + ("trials_per_program",)
+TRIAL_FIELDS = rundir.TRIAL_FIELDS
+_NOT_COMPARED = rundir.fields("trial", "execution")
 
 
 def _flat(config) -> dict:

@@ -246,3 +246,39 @@ def test_report_main(sweep, tmp_path):
     assert lines[2].startswith("| gru | 0.880 (n=1) |") and lines[3].startswith("| lstm | 0.700")
     assert sorted(os.listdir(out_dir)) == ["comparison.json", "curves_arithmetic.png", "table.csv",
                                            "table.md", "table.tex"]
+
+
+def test_one_table_of_field_kinds_decides_settings_resumes_trials_and_point_names(tmp_path):
+    from rnn_jax import rundir, trials
+    from rnn_jax.errors import InputError
+    from rnn_jax.sweep import points
+    from tests.lm_helpers import tiny_config
+
+    config = json.loads(tiny_config("x.txt").to_json_best_effort())
+    base = report.setting_of(config)
+    for field, value in (("train.log_every", 7), ("train.diverge_factor", 3.0), ("trials_per_program", 4),
+                         ("seed", 5)):
+        changed = json.loads(json.dumps(config))
+        section, _, name = field.rpartition(".")
+        (changed[section] if section else changed)[name] = value
+        assert report.setting_of(changed) == base, field  # the same setting
+    for field in ("model.hidden_size", "train.data_parallel", "train.num_steps", "data.path"):
+        changed = json.loads(json.dumps(config))
+        section, name = field.split(".")
+        changed[section][name] = "other"
+        assert report.setting_of(changed) != base, field  # another setting
+    # the resume rule, the trials' program key and the point names read the same table
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps(config))
+    resumed = tiny_config("x.txt", log_every=7, num_steps=99)
+    rundir.check_config_file(resumed, str(workdir))  # logging and length fields may change
+    resumed.model.hidden_size = 32
+    with pytest.raises(InputError, match="model.hidden_size: 16 -> 32"):
+        rundir.check_config_file(resumed, str(workdir))
+    a, b = tiny_config("x.txt"), tiny_config("x.txt")
+    b.optim.learning_rate, b.seed = 0.5, 3
+    assert trials.program_key(a) == trials.program_key(b)  # trials of one program
+    b.model.hidden_size = 32
+    assert trials.program_key(a) != trials.program_key(b)
+    assert points.point_name({"cell": "gru", "trials_per_program": 8}) == points.point_name({"cell": "gru"})

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
+from rnn_jax import rundir
 from rnn_jax.errors import InputError
 
 ARG_KEY = "arg"
@@ -41,7 +42,7 @@ def canonical(overrides: Mapping[str, Any]) -> str:
 
 # Overrides that say how a point runs, not what it computes: left out of its name, so a sweep
 # relaunched with vmapped trials (or without) finds the same run directories.
-EXECUTION_KEYS = ("trials_per_program",)
+EXECUTION_KEYS = rundir.fields("execution")  # how a point runs, not what it computes
 
 
 def point_name(overrides: Mapping[str, Any]) -> str:
