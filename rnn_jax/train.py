@@ -1,4 +1,8 @@
-"""Training language models: optimizer, jitted steps, truncated BPTT, runs that resume exactly.
+"""Training language models: jitted steps, truncated BPTT, the loop, runs that resume exactly.
+
+The optimizer and schedules are :mod:`rnn_jax.optim`'s, evaluation is :mod:`rnn_jax.evaluate`'s,
+and the run directory's files and lock are :mod:`rnn_jax.rundir`'s (their names are imported here
+too, so ``train.make_optimizer`` and ``train.Evaluator`` keep working).
 
 ``train_and_evaluate(config, workdir)`` is the whole run (the absl main in ``experiments/train.py``
 only parses flags). A run directory holds ``config.json``, ``vocab.json``, ``metrics.jsonl`` (one
@@ -36,9 +40,9 @@ from rnn_jax import rundir, sampling
 from rnn_jax.checkpoint import RunCheckpoints, UnreadableCheckpoints
 from rnn_jax.data import music as music_lib
 from rnn_jax.errors import InputError
+from rnn_jax.evaluate import Evaluator, make_eval_fn, nll_fn, pieces_protocol, task_loss_mask  # noqa: F401
+from rnn_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule, plateau_update  # noqa: F401
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
-SCHEDULES = ("constant", "zaremba", "plateau", "cosine")
 BPTT_MODES = ("truncated", "full")
 LOSS_REDUCTIONS = ("mean", "sum_time")
 DATA_KINDS = ("char", "ptb", "music") + data_lib.TASKS
@@ -135,13 +139,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          f"model.hidden_size={m.hidden_size}: {e}") from None
 
 
-def pieces_protocol(config) -> bool:
-    """Whether the run treats its sequences as independent pieces (music's default protocol): the
-    carry is reset at every piece start in training and evaluation, and no target crosses from one
-    piece to the next; ``data.protocol = "stream"`` concatenates them into one stream instead."""
-    return config.data.kind == "music" and config.data.get("protocol", "pieces") == "pieces"
-
-
 def load_data(data) -> data_lib.Corpus:
     """The corpus of a config's ``data`` block: a text corpus, or a generated task stream.
 
@@ -181,91 +178,6 @@ def check_data_fits(config, corpus: data_lib.Corpus) -> None:
                              f"change data.splits")
 
 
-# ----------------------------------------------------------------------------- optimizer
-
-def make_schedule(optim, steps_per_epoch: int = 1, num_steps: int = 1, learning_rate=None):
-    """The learning-rate schedule ``step -> lr`` (``plateau`` is constant here; the loop halves it).
-
-    ``learning_rate`` (default ``optim.learning_rate``) may be a traced scalar: vmapped trials
-    build one optimizer per trial inside the jitted program.
-    """
-    lr = float(optim.learning_rate) if learning_rate is None else learning_rate
-    s = optim.schedule
-    if s.name in ("constant", "plateau"):
-        return lr
-    if s.name == "zaremba":
-        # Divide by decay_factor at the start of every epoch after epoch decay_start_epoch (1-based).
-        def schedule(step):
-            epoch = step // steps_per_epoch + 1
-            return lr * jnp.asarray(s.decay_factor, jnp.float32) ** -jnp.maximum(
-                epoch - s.decay_start_epoch, 0).astype(jnp.float32)
-        return schedule
-    if s.name == "cosine":
-        warmup = min(int(s.warmup_steps), num_steps)
-        begin = max(warmup, int(round(s.decay_begin * num_steps)))
-        parts = [optax.linear_schedule(0.0, lr, warmup)] if warmup else []
-        boundaries = [warmup] if warmup else []
-        if begin > warmup:
-            parts.append(optax.constant_schedule(lr))
-            boundaries.append(begin)
-        parts.append(optax.cosine_decay_schedule(lr, max(num_steps - begin, 1), alpha=s.end_fraction))
-        return optax.join_schedules(parts, boundaries) if boundaries else parts[0]
-    raise InputError(f"config.optim.schedule.name = {s.name!r}; choose one of {', '.join(SCHEDULES)}")
-
-
-def make_optimizer(config, steps_per_epoch: int = 1, num_steps: int = 1, *, learning_rate=None,
-                   max_norm=None) -> optax.GradientTransformation:
-    """``clip_by_global_norm(max_norm)`` -> [weight decay] -> optimizer with the schedule.
-
-    ``learning_rate`` and ``max_norm`` default to the config's; they may be traced scalars (one
-    optimizer per vmapped trial, see :mod:`rnn_jax.trials`).
-
-    Weight decay is coupled L2 (``optax.add_decayed_weights`` adds ``weight_decay · params`` to the
-    clipped gradient before the optimizer), on every parameter, embeddings and biases included.
-
-    The chain is wrapped in ``optax.inject_hyperparams`` so the state holds the current learning
-    rate (``opt_state.hyperparams["learning_rate"]``), which the loop logs and the plateau
-    schedule changes.
-    """
-    o = config.optim if "optim" in config else config
-    cfg.check_choice("optim.name", o.name, OPTIMIZERS)
-
-    def chain(learning_rate):
-        base = {
-            "sgd": lambda: optax.sgd(learning_rate),
-            "momentum": lambda: optax.sgd(learning_rate, momentum=o.momentum),
-            "adam": lambda: optax.adam(learning_rate, b1=o.b1, b2=o.b2, eps=o.eps),
-            "rmsprop": lambda: optax.rmsprop(learning_rate, decay=o.rmsprop_decay, eps=o.eps),
-            "adagrad": lambda: optax.adagrad(learning_rate, eps=o.eps),
-        }[o.name]()
-        parts = [optax.clip_by_global_norm(o.max_norm if max_norm is None else max_norm)]
-        if o.weight_decay:
-            parts.append(optax.add_decayed_weights(o.weight_decay))
-        # One flat vector for all parameters: a few large fused kernels instead of several per
-        # parameter array, which cuts the XLA compile time of a training step by about 1 s.
-        return optax.flatten(optax.chain(*parts, base))
-
-    return optax.inject_hyperparams(chain)(
-        learning_rate=make_schedule(o, steps_per_epoch, num_steps, learning_rate))
-
-
-def plateau_update(best: float, bad_evals: int, halvings: int, valid: float, patience: int,
-                   max_halvings: int):
-    """Jozefowicz-style plateau schedule after one evaluation.
-
-    Returns ``(best, bad_evals, halvings, halve, stop)``: the learning rate is halved when the
-    validation loss has not improved for more than ``patience`` evaluations, and the run stops once
-    it has been halved more than ``max_halvings`` times.
-    """
-    if valid < best:
-        return valid, 0, halvings, False, False
-    bad_evals += 1
-    if bad_evals <= patience:
-        return best, bad_evals, halvings, False, False
-    halvings += 1
-    return best, 0, halvings, True, halvings > max_halvings
-
-
 # ----------------------------------------------------------------------------- model and steps
 
 def make_model(config, vocab_size: int):
@@ -281,11 +193,6 @@ def make_model(config, vocab_size: int):
     return lm_lib.LanguageModel(cell, vocab_size, m.embed_size, m.hidden_size, m.num_layers,
                                 dropout=m.dropout, variational=m.variational,
                                 embed_scale=m.embed_scale, output_scale=m.output_scale, impl=m.impl)
-
-
-def _nll_fn(model):
-    """Summed NLL and its count: softmax over tokens, or Bernoulli over notes per time step (music)."""
-    return piano_lib.bernoulli_nll if isinstance(model, piano_lib.PianoRollModel) else lm_lib.cross_entropy
 
 
 def uniform_loss(model) -> float:
@@ -332,7 +239,7 @@ def train_step_fn(model: lm_lib.LanguageModel, loss_reduction: str = "mean", max
     arguments: ``(params, opt_state, carry, inputs, targets, key, weights, optimizer, max_norm,
     resets=None)``. Vmapped trials (:mod:`rnn_jax.trials`) map it over per-trial hyperparameters."""
     cfg.check_choice("train.loss_reduction", loss_reduction, LOSS_REDUCTIONS)
-    nll = _nll_fn(model)
+    nll = nll_fn(model)
 
     def loss_fn(params, carry, inputs, targets, key, weights, resets):
         logits, carry = model.apply(params, carry, inputs, dropout_key=key, resets=resets)
@@ -356,40 +263,6 @@ def train_step_fn(model: lm_lib.LanguageModel, loss_reduction: str = "mean", max
         return params, opt_state, carry, metrics
 
     return step
-
-
-def make_eval_fn(model: lm_lib.LanguageModel, with_correct: bool = False):
-    """jit ``(params, inputs[C,B,L], targets, weights, resets=None) -> (nll_sum, count)`` over the
-    whole stream, the carry passed from chunk to chunk (and zeroed where ``resets[C,B,L]`` is true).
-
-    With ``with_correct``, also ``correct[C,B,L]``: whether the most likely next token is the target.
-    """
-
-    nll = _nll_fn(model)
-
-    @jax.jit
-    def evaluate(params, inputs, targets, weights, resets=None):
-        def body(carry_and_sums, chunk):
-            carry, total, count = carry_and_sums
-            x, y, w, r = chunk
-            logits, carry = model.apply(params, carry, x, resets=r)
-            t, c = nll(logits, y, w)
-            correct = jnp.argmax(logits, axis=-1) == y if with_correct else None
-            return (carry, total + t, count + c), correct
-
-        init = (model.zero_carry(inputs.shape[1]), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (_, total, count), correct = jax.lax.scan(body, init, (inputs, targets, weights, resets))
-        return (total, count, correct) if with_correct else (total, count)
-
-    return evaluate
-
-
-def task_loss_mask(config, corpus) -> dict:
-    """``{split: 0/1 mask}`` of a task's scored positions, which weight the loss (unless
-    ``data.loss_on = "all"``); empty for other data."""
-    if isinstance(corpus, data_lib.TaskCorpus) and config.data.get("loss_on", "scored") == "scored":
-        return {split: corpus.mask(split, "scored") for split in ("train", "valid", "test")}
-    return {}
 
 
 class TrainStreams:
@@ -421,55 +294,6 @@ class TrainStreams:
         weights, resets = (None if a is None else data_lib.batches.tbptt_chunk(a, step, self.seq_len)
                            for a in (self.weights, self.resets))
         return inputs, targets, weights, resets, new_epoch
-
-
-class Evaluator:
-    """``evaluator(params, split)``: ``{"loss": ...}`` on the whole valid or test split, plus a
-    task's accuracies. With ``trials=True`` the parameters have a leading trial axis (vmapped
-    trials) and a list of such dicts comes back, one per trial."""
-
-    def __init__(self, model, config, corpus, loss_mask: dict, place: "Placement | None" = None,
-                 trials: bool = False):
-        t = config.train
-        self.corpus, self.trials = corpus, trials
-        self.is_task = isinstance(corpus, data_lib.TaskCorpus)
-        evaluate = make_eval_fn(model, with_correct=self.is_task)
-        self._evaluate = (jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None))) if trials
-                          else evaluate)
-        self.data, self.positions = {}, {}
-        for split, size in (("valid", t.eval_batch_size), ("test", t.test_batch_size or t.eval_batch_size)):
-            tokens = corpus.split(split)
-            if pieces_protocol(config):  # each piece whole in one lane, from the zero state
-                lanes = data_lib.Lanes.from_pieces(tokens, corpus.starts[split], size)
-                x, y, w, r = (data_lib.to_chunks(a, t.seq_len) for a in (
-                    lanes.inputs_BxS, lanes.targets_BxS, lanes.weights_BxS, lanes.resets_BxS))
-            else:
-                (x, y, w), r = data_lib.eval_chunks(tokens, size, t.seq_len), None
-            if self.is_task:
-                self.positions[split] = data_lib.eval_positions(len(tokens), size, t.seq_len)
-                if loss_mask:
-                    w = w * loss_mask[split][np.maximum(self.positions[split], 0)]
-            data = tuple(None if a is None else jnp.asarray(a) for a in (x, y, w, r))  # on the device once
-            self.data[split] = place.split_batch(data, axis=1) if place is not None else data
-
-    def __call__(self, params, split: str):
-        out = self._evaluate(params, *self.data[split])
-        if not self.trials:
-            return self._metrics(out, split)
-        out = jax.device_get(out)
-        return [self._metrics([a[i] for a in out], split) for i in range(len(out[0]))]
-
-    def _metrics(self, out, split: str) -> dict:
-        if not self.is_task:
-            total, count = out
-            return {"loss": float(total) / float(count)}
-        total, count, correct = out
-        pos = self.positions[split]
-        keep = pos >= 0
-        metrics = {"loss": float(total) / max(float(count), 1.0)}
-        metrics.update(data_lib.tasks.accuracies(self.corpus.task, np.asarray(correct)[keep], pos[keep],
-                                                 self.corpus.marks[split]))
-        return metrics
 
 
 def _hms(seconds: float) -> str:

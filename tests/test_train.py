@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnn_jax import data, rundir, train
+from rnn_jax import data, optim, rundir, train
 from rnn_jax.checkpoint import RunCheckpoints
 from tests.lm_helpers import tiny_config, write_corpus
 from tests.trees import assert_trees_close
@@ -251,7 +251,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_pa
     config = tiny_config(corpus_path, num_steps=30, checkpoint_every=2, log_every=1)
     config.optim.update(name="sgd", learning_rate=0.1)
     # from step 5 on the learning rate is infinite: the parameters become inf/nan
-    monkeypatch.setattr(train, "make_schedule",
+    monkeypatch.setattr(optim, "make_schedule",
                         lambda o, *a: lambda count: jnp.where(count < 5, 0.1, jnp.inf))
     workdir = tmp_path / "run"
     result = train.train_and_evaluate(config, str(workdir), log=lambda m: None)
