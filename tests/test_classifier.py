@@ -5,13 +5,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from rnn_jax import cells
 from rnn_jax.data import sequence_tasks as st
 from rnn_jax.errors import InputError
 from rnn_jax.models.classifier import SequenceClassifier, cross_entropy
+from tests.train_helpers import adam_train
 from tests.trees import assert_trees_close
 
 LENGTHS = np.array([5, 1, 3, 0], np.int32)
@@ -286,19 +286,9 @@ def test_digits_option_errors(digits):
 def test_lstm_learns_row_digits(digits):
     task = digits.DigitsTask("row")
     model = SequenceClassifier("lstm", task.num_classes, 64, input_size=task.input_size)
-    params = model.init(jax.random.PRNGKey(0))
-    opt = optax.adam(1e-2)
-    state = opt.init(params)
-
-    @jax.jit
-    def train_step(params, state, batch):
-        (loss, _), grads = jax.value_and_grad(model.loss, has_aux=True)(params, batch)
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss
-
+    params, _ = adam_train(model, model.init(jax.random.PRNGKey(0)),
+                           (task.train_batch(0, step, 64) for step in range(120)))
     sums_of = jax.jit(lambda p, b: model.loss(p, b)[1])
-    for step in range(120):
-        params, state, loss = train_step(params, state, task.train_batch(0, step, 64))
     sums = {"nll": 0.0, "correct": 0.0, "count": 0.0}
     for batch in task.eval_batches("valid", 128):
         for k, v in sums_of(params, batch).items():

@@ -7,7 +7,6 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from rnn_jax import decoding
@@ -15,6 +14,7 @@ from rnn_jax.data import seq2seq_tasks
 from rnn_jax.data.seq2seq_tasks import BOS_ID, EOS_ID, PAD_ID, decoded_metrics, make_task
 from rnn_jax.errors import InputError
 from rnn_jax.models.seq2seq import Seq2Seq
+from tests.train_helpers import adam_train
 
 TASK = make_task("reverse", min_len=3, max_len=5, num_symbols=5, valid_size=100, test_size=50)
 
@@ -345,20 +345,8 @@ def test_decoded_metrics_count_only_exact_outputs():
 
 def test_training_reverse_reaches_greedy_accuracy_well_above_chance():
     model = _model("luong")  # the model (and batch size) of the tests above: greedy is compiled already
-    params = model.init(jax.random.PRNGKey(0))
-    opt = optax.adam(1e-2)
-    state = opt.init(params)
-
-    @jax.jit
-    def train_step(params, state, batch):
-        (loss, _), grads = jax.value_and_grad(model.loss, has_aux=True)(params, batch)
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss
-
-    losses = []
-    for step in range(200):
-        params, state, loss = train_step(params, state, TASK.train_batch(0, step, 32))
-        losses.append(float(loss))
+    params, losses = adam_train(model, model.init(jax.random.PRNGKey(0)),
+                                (TASK.train_batch(0, step, 32) for step in range(200)))
     sums = None
     for b in TASK.eval_batches("valid", BATCH_SIZE):
         out = decoding.greedy(model, params, b["src"], b["src_lengths"], max_len=TASK.tgt_len)
