@@ -17,6 +17,7 @@ a comparison: divergence is a legitimate outcome of a grid point (too high a lea
 the table counts it; ``experiments.sweep run`` treats it as a failure instead.
 """
 
+import dataclasses
 import os
 import sys
 import time
@@ -24,15 +25,15 @@ import time
 from absl import app, flags
 
 from experiments import cli
-from rnn_jax import report, sweep
+from rnn_jax import jozefowicz, report, sweep
 from rnn_jax.errors import InputError
 from rnn_jax.sweep import compare
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tasks.py")
 
-_PRESET = flags.DEFINE_enum("preset", "quick", list(compare.PRESETS), "Protocol size (see rnn_jax/sweep/compare.py).")
+_PRESET = flags.DEFINE_enum("preset", "quick", list(jozefowicz.PRESETS), "Protocol size (see rnn_jax/jozefowicz.py).")
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Sweep directory (default runs/compare_<preset>).")
-_CELLS = flags.DEFINE_list("cells", list(compare.DEFAULT_CELLS), "Cells (registry names, options after ':').")
+_CELLS = flags.DEFINE_list("cells", list(jozefowicz.DEFAULT_CELLS), "Cells (registry names, options after ':').")
 _TASKS = flags.DEFINE_list("tasks", None, "Tasks (default: the preset's): arithmetic, xml, memorization, ptb, music.")
 _SETTINGS = flags.DEFINE_integer("settings", None,
                                  "N: hyperparameter settings per cell and task (default: the preset's).")
@@ -49,7 +50,7 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the points and exit.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    preset = compare.PRESETS[_PRESET.value]
+    preset = jozefowicz.PRESETS[_PRESET.value]
     changes = {}
     if _SETTINGS.value is not None:
         changes.update(settings=_SETTINGS.value, fixed=None)
@@ -60,7 +61,7 @@ def main(argv):
         if name in changes and changes[name] < 1:
             raise InputError(f"--{name}={changes[name]}: must be an integer >= 1")
     if changes:
-        preset = compare.dataclasses.replace(preset, **changes)
+        preset = dataclasses.replace(preset, **changes)
     data_paths = {"ptb": _PTB_DIR.value, "music": _MUSIC.value}
     sweep_dir = _SWEEP_DIR.value or os.path.join("runs", f"compare_{_PRESET.value}")
     try:  # every check before anything is launched or made

@@ -38,6 +38,7 @@ from typing import Iterable, Sequence
 
 from rnn_jax import rundir
 from rnn_jax.errors import InputError
+from rnn_jax.jozefowicz import PAPER_TABLE1, PAPER_TASKS  # the paper's Table 1; importable from here too
 from rnn_jax.rundir import flatten, json_safe, read_json, read_metrics
 
 
@@ -125,23 +126,6 @@ NON_EXPERIMENT_FIELDS = rundir.NON_EXPERIMENT_FIELDS  # logging and execution fi
 
 CANONICAL_CELLS = ("rnn", "lstm", "lstm_f", "lstm_i", "lstm_o", "lstm_b", "gru", "mut1", "mut2", "mut3")
 CANONICAL_TASKS = ("arithmetic", "xml", "memorization", "ptb", "music", "char")
-
-# Table 1 of Jozefowicz, Zaremba & Sutskever, "An Empirical Exploration of Recurrent Network
-# Architectures" (ICML 2015): test accuracy on the arithmetic and XML tasks; keys are our
-# registry names ("rnn" is the paper's Tanh RNN).
-PAPER_TABLE1 = {
-    "rnn": {"arithmetic": 0.295, "xml": 0.321},
-    "lstm": {"arithmetic": 0.892, "xml": 0.425},
-    "lstm_f": {"arithmetic": 0.293, "xml": 0.234},
-    "lstm_i": {"arithmetic": 0.751, "xml": 0.414},
-    "lstm_o": {"arithmetic": 0.867, "xml": 0.421},
-    "lstm_b": {"arithmetic": 0.902, "xml": 0.444},
-    "gru": {"arithmetic": 0.896, "xml": 0.460},
-    "mut1": {"arithmetic": 0.921, "xml": 0.475},
-    "mut2": {"arithmetic": 0.897, "xml": 0.473},
-    "mut3": {"arithmetic": 0.907, "xml": 0.465},
-}
-PAPER_TASKS = ("arithmetic", "xml")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from rnn_jax import report, sweep
+from rnn_jax import jozefowicz, report, sweep
 from rnn_jax.sweep import compare, hparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +70,38 @@ def test_search_settings_are_shared_and_hidden_fits_the_budget():
         hparams.sample_settings(0, 10_000, space)
     with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
         sweep.launch_local("/nonexistent", TASKS_CONFIG, [], workers=0)
+
+
+
+def test_the_paper_constants_live_in_jozefowicz_and_stay_importable_where_they_were():
+    assert report.PAPER_TABLE1 is jozefowicz.PAPER_TABLE1 and report.PAPER_TASKS is jozefowicz.PAPER_TASKS
+    assert hparams.PAPER_SPACE is jozefowicz.PAPER_SPACE
+    assert compare.PRESETS is jozefowicz.PRESETS and compare.Preset is jozefowicz.Preset
+    assert compare.DEFAULT_CELLS is jozefowicz.DEFAULT_CELLS
+    assert set(jozefowicz.PAPER_TABLE1) == set(jozefowicz.DEFAULT_CELLS)
+
+
+def test_the_vocabulary_size_of_a_generated_task_is_the_one_its_run_builds():
+    """The hidden size of a point follows from the vocabulary the trainer builds for the task
+    (``train.load_data(config.data)``), for the default options and for every preset's."""
+    from experiments.configs.tasks import get_config
+    from rnn_jax import train
+
+    sizes = {}
+    for task in compare.tasks_lib.TASKS:
+        sizes[task] = len(train.load_data(get_config(f"task={task},runlocal").data).vocab)
+        assert compare.task_vocab_size(task) == compare._vocab_size(task, {}) == sizes[task]
+    assert sizes == {"arithmetic": 40, "xml": 29, "memorization": 28}  # the tables do not change
+    for name, preset in sorted(jozefowicz.PRESETS.items()):
+        setting = compare.settings_for(preset)[0]
+        for task in preset.tasks:
+            p = compare.point(preset, task, "lstm", setting, 0, {})
+            config = sweep.point_config(TASKS_CONFIG, None, p)  # the run's own config, data made small
+            config.data.num_chars.update(train=4000, valid=600, test=600)
+            vocab_size = len(train.load_data(config.data).vocab)
+            assert vocab_size == sizes[task], (name, task)
+            hidden = hparams.hidden_for_budget("lstm", setting["num_layers"], vocab_size, preset.budget)
+            assert f"hidden={hidden}," in p["arg"], (name, task)
 
 
 MICRO = compare.Preset(tasks=("memorization",), settings=2, seeds=2, steps=12, budget=4000,

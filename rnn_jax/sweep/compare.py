@@ -5,11 +5,13 @@ space, or the preset's fixed setting), seed 0, hidden size from the parameter bu
 Stage 2 (seeds): for every (cell, task), the setting with the best validation metric is trained
 again with seeds ``1..K-1``. Both stages are points of one sweep directory over
 ``experiments/configs/tasks.py``; tables come from its run directories (``rnn_jax.report``).
+The presets (:data:`PRESETS`) and the default cells are in :mod:`rnn_jax.jozefowicz`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -18,51 +20,11 @@ from typing import Mapping, Sequence
 from rnn_jax import cells as cells_lib
 from rnn_jax.data import tasks as tasks_lib
 from rnn_jax.errors import InputError
+from rnn_jax.jozefowicz import DEFAULT_CELLS, PRESETS, Preset  # noqa: F401 (importable from here too)
 from rnn_jax.sweep import hparams
 from rnn_jax.sweep import points as points_lib
 
-DEFAULT_CELLS = ("rnn", "lstm", "lstm_f", "lstm_i", "lstm_o", "lstm_b", "gru", "mut1", "mut2", "mut3")
 TASKS = tasks_lib.TASKS + ("ptb", "music")
-VOCAB_SIZES = {"arithmetic": 40, "xml": 29, "memorization": 28}
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    tasks: tuple
-    settings: int            # N: settings per (cell, task); ignored when `fixed` is given
-    seeds: int               # K: seeds of the best setting (the search run is seed 0)
-    steps: int               # training steps per run (batch 20, unroll 35)
-    budget: int              # parameters per model; the hidden size follows from it
-    optimizer: str           # "sgd" (the paper's grid) or "adam"
-    init_style: str          # "uniform" (the paper) or "lecun"
-    fixed: Mapping | None    # one setting instead of a search: init_scale, learning_rate, max_norm, num_layers
-    digits: int              # arithmetic: operands of up to this many digits
-    distractors: int         # arithmetic: up to this many distractor letters after each character
-    train_chars: int         # characters of generated training stream
-    eval_every: int
-    max_layers: int = 4
-    negative: float = 0.0    # arithmetic: probability that an operand is negative
-    extra: str = ""          # more of tasks.py's arg string, e.g. "batch=4,seq_len=10,eval_chars=600"
-
-
-PRESETS = {
-    # ~11 minutes on 2 cores: one fixed setting, one seed; shows the paper's main contrast. Small
-    # models (80k parameters: LSTM 1x94) trained for more steps beat larger ones trained for fewer
-    # in the same time (measured: XML LSTM 0.427 at 1x96/6000 steps vs 0.423 at 1x133/4500, 80 s vs 100 s).
-    "quick": Preset(tasks=("arithmetic", "xml"), settings=1, seeds=1, steps=5000, budget=80_000,
-                    optimizer="adam", init_style="lecun",
-                    fixed={"init_scale": 1.0, "learning_rate": 3e-3, "max_norm": 5.0, "num_layers": 1},
-                    digits=5, distractors=3, train_chars=1_000_000, eval_every=1000),
-    # A random search on a laptop (hours): 4 settings from the paper's grid with Adam, 2 seeds.
-    "laptop": Preset(tasks=("arithmetic", "xml", "memorization"), settings=4, seeds=2, steps=5000,
-                     budget=80_000, optimizer="adam", init_style="uniform", fixed=None,
-                     digits=5, distractors=3, train_chars=1_000_000, eval_every=1000, max_layers=2),
-    # The paper's protocol, for a cluster: its SGD grid, 8-digit arithmetic with operands of either
-    # sign, 100 settings, 3 seeds.
-    "paper": Preset(tasks=("arithmetic", "xml", "memorization"), settings=100, seeds=3, steps=30000,
-                    budget=1_000_000, optimizer="sgd", init_style="uniform", fixed=None,
-                    digits=8, distractors=3, train_chars=5_000_000, eval_every=2000, negative=0.5),
-}
 
 
 def check_cells(cells: Sequence[str]) -> list:
@@ -136,9 +98,18 @@ def settings_for(preset: Preset, seed: int = 0) -> list:
     return hparams.sample_settings(seed, preset.settings, space)
 
 
+@functools.lru_cache(maxsize=None)
+def task_vocab_size(task: str) -> int:
+    """The vocabulary size of a generated task (``rnn_jax.data.tasks``), from the task itself: the
+    vocabulary of a tiny corpus of it (one block of examples per split, milliseconds). A task's
+    vocabulary is its character set, the same for every option value (digits, distractors, ...),
+    so this is the size a run of the task writes to its ``vocab.json``."""
+    return len(tasks_lib.task_corpus(task, num_chars={split: 1 for split in tasks_lib.SPLITS}).vocab)
+
+
 def _vocab_size(task: str, data_paths: Mapping[str, str]) -> int:
-    if task in VOCAB_SIZES:
-        return VOCAB_SIZES[task]
+    if task in tasks_lib.TASKS:
+        return task_vocab_size(task)
     if task == "ptb":
         return 10_000
     return 88  # piano range; the budget is approximate for music

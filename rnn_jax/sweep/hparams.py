@@ -1,9 +1,10 @@
 """Random hyperparameter search as in Jozefowicz, Zaremba & Sutskever (2015).
 
-For each (cell, task) the search draws ``N`` settings from the paper's grid; the draw depends only
-on the seed, so every cell is trained with the same ``N`` settings. The hidden size is not drawn: it
-is the largest that keeps the model within a parameter budget, so cells with more gates get fewer
-units and every cell gets the same number of parameters.
+For each (cell, task) the search draws ``N`` settings from the paper's grid
+(:data:`rnn_jax.jozefowicz.PAPER_SPACE`); the draw depends only on the seed, so every cell is
+trained with the same ``N`` settings. The hidden size is not drawn: it is the largest that keeps
+the model within a parameter budget, so cells with more gates get fewer units and every cell gets
+the same number of parameters.
 """
 
 from __future__ import annotations
@@ -15,14 +16,8 @@ import numpy as np
 
 from rnn_jax import cells as cells_lib
 from rnn_jax import lm as lm_lib
+from rnn_jax.jozefowicz import PAPER_SPACE  # the paper's grid (SGD); importable from here too
 
-# The paper's grid (SGD). Init: every matrix uniform in ±init_scale/sqrt(hidden).
-PAPER_SPACE = {
-    "init_scale": (0.3, 0.7, 1.0, 1.4, 2.0, 2.8),
-    "learning_rate": (0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
-    "max_norm": (1.0, 2.5, 5.0, 10.0, 20.0),
-    "num_layers": (1, 2, 3, 4),
-}
 # Adam takes learning rates about three orders of magnitude smaller than SGD's.
 ADAM_LEARNING_RATES = (3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2)
 
