@@ -290,7 +290,10 @@ def check_config_file(config, workdir: str) -> dict:
 
 
 def corpus_fingerprint(corpus) -> dict:
-    """Sizes and SHA-256 of each split's token ids or frames (saved as corpus.json, checked on resume)."""
+    """Sizes and SHA-256 of each split's token ids or frames (saved as corpus.json, checked on resume);
+    data that fingerprint themselves (a generated task's examples) give ``corpus.fingerprint()``."""
+    if hasattr(corpus, "fingerprint"):
+        return corpus.fingerprint()
     def digest(a):
         a = np.asarray(a)
         if np.issubdtype(a.dtype, np.floating):

@@ -25,19 +25,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import data as data_lib
-from rnn_jax import lm as lm_lib
 from rnn_jax import rundir, train
-from rnn_jax.checkpoint import RunCheckpoints, UnreadableCheckpoints
+from rnn_jax.checkpoint import UnreadableCheckpoints
 from rnn_jax.errors import InputError
 
 # The fields in which the trials of one program may differ: the seed, two optimizer scalars and
@@ -86,19 +82,17 @@ def _index(tree, i: int):
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def _make_step(model, config, steps_per_epoch: int, num_steps: int, per_trial_data: bool,
-               with_keys: bool):
-    """jit of the vmapped ``(params, opt_state, carry, inputs, targets, dropout_bases, weights,
-    resets, hyper, active, step) -> (params, opt_state, carry, metrics, active)``: a trial updates only
-    while active and finite; its dropout key is ``fold_in(its dropout base, step)``, as in a plain run."""
-    step = train.train_step_fn(model, config.train.loss_reduction, train.diverge_bound(config, model))
+def _make_step(problem, config, num_steps: int, per_trial_data: bool, with_keys: bool):
+    """jit of the vmapped ``(params, opt_state, carry, batch, dropout_bases, hyper, active, step) ->
+    (params, opt_state, carry, metrics, active)``: a trial updates only while active and finite; its
+    dropout key is ``fold_in(its dropout base, step)``, as in a plain run."""
+    step = train.step_fn(problem.loss, train.diverge_bound(config, problem))
 
-    def one(params, opt_state, carry, inputs, targets, dropout_base, weights, resets, hyper, active, at):
+    def one(params, opt_state, carry, batch, dropout_base, hyper, active, at):
         key = jax.random.fold_in(dropout_base, at) if with_keys else None
-        optimizer = train.make_optimizer(config, steps_per_epoch, num_steps,
+        optimizer = train.make_optimizer(config, problem.steps_per_epoch, num_steps,
                                          learning_rate=hyper["learning_rate"], max_norm=hyper["max_norm"])
-        new = step(params, opt_state, carry, inputs, targets, key, weights, optimizer, hyper["max_norm"],
-                   resets)
+        new = step(params, opt_state, carry, batch, key, optimizer, hyper["max_norm"])
         metrics = new[3]
         keep = active & metrics["finite"]
         old = (params, opt_state, carry)
@@ -106,7 +100,83 @@ def _make_step(model, config, steps_per_epoch: int, num_steps: int, per_trial_da
         return params, opt_state, carry, metrics, keep
 
     d = 0 if per_trial_data else None
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, d, d, 0 if with_keys else None, d, d, 0, 0, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, d, 0 if with_keys else None, 0, 0, None)))
+
+
+class Vmapped:
+    """K trials' training state as the loop (:func:`rnn_jax.train.run_loop`) drives it: parameters,
+    optimizer states and carries stacked on a leading trial axis, one vmapped jitted step."""
+
+    def __init__(self, problem, configs, num_steps: int, active):
+        config = configs[0]
+        self.problem, self.configs, self.k = problem, configs, len(configs)
+        self.batch_size = config.train.batch_size
+        self.per_trial_data = problem.seed_batches
+        self.with_keys = getattr(problem.model, "dropout", 0.0) > 0
+        self._step = _make_step(problem, config, num_steps, self.per_trial_data, self.with_keys)
+        self.evaluate_all = problem.evaluator(trials=True)
+        self.hyper = {name: jnp.asarray([float(c.optim[name]) for c in configs], jnp.float32)
+                      for name in ("learning_rate", "max_norm")}
+        self.keys = [jax.random.split(jax.random.PRNGKey(c.seed), 3) for c in configs]  # init, dropout, sample
+        self.dropout_bases = jnp.stack([key[1] for key in self.keys]) if self.with_keys else None
+        self.optimizers = [train.make_optimizer(c, problem.steps_per_epoch, num_steps) for c in configs]
+        self.fresh_params = [problem.init(c, key[0]) for c, key in zip(configs, self.keys)]
+        self.zero_carry = _stack([problem.zero_carry(self.batch_size)] * self.k)
+        self.active = np.asarray(active, bool).copy()
+        self.at = 0
+
+    def fresh_states(self) -> list:
+        return [train.fresh_state(opt, p, self.problem.zero_carry(self.batch_size))
+                for opt, p in zip(self.optimizers, self.fresh_params)]
+
+    def load(self, params_list, states, start: int) -> None:
+        self.params = _stack(params_list)
+        self.opt_state = _stack([s["opt_state"] for s in states])
+        self.carry = _stack([s["carry"] for s in states])
+        self.active_dev = jnp.asarray(self.active)
+        self.at = start
+
+    def step(self, step: int):
+        if self.per_trial_data:
+            batches = [self.problem.batch(c, step) for c in self.configs]
+            batch = jax.tree.map(lambda *xs: np.stack(xs), *[b for b, _ in batches])
+            new_epoch = batches[0][1]
+        else:
+            batch, new_epoch = self.problem.batch(self.configs[0], step)
+        if new_epoch:
+            self.carry = self.zero_carry
+        self.params, self.opt_state, self.carry, metrics, self.active_dev = self._step(
+            self.params, self.opt_state, self.carry, batch, self.dropout_bases, self.hyper, self.active_dev, step)
+        self.at = step + 1
+        return metrics
+
+    def row(self, metrics, i: int) -> dict:
+        return {name: v[i] for name, v in metrics.items()}
+
+    def deactivate(self, i: int) -> None:
+        self.active[i] = False
+
+    def params_of(self, i: int):
+        return _index(self.params, i)
+
+    def state_of(self, i: int, step: int, sched: dict) -> dict:
+        return {"step": jnp.asarray(step, jnp.int32), "opt_state": _index(self.opt_state, i),
+                "carry": _index(self.carry, i), "sched": sched}
+
+    def halve_learning_rate(self, i: int) -> float:
+        raise InputError("the plateau schedule cannot run as vmapped trials")  # refused by check_trials
+
+    def evaluate(self, split: str) -> list:
+        return self.evaluate_all(self.params, split)
+
+    def evaluate_params(self, params_list: list, split: str) -> list:
+        """``split``'s metrics for given parameters per trial (``None``: the trial's own)."""
+        chosen = [self.params_of(i) if p is None else p for i, p in enumerate(params_list)]
+        return self.evaluate_all(_stack(chosen), split)
+
+    def sample(self, i: int, step: int, valid_loss: float):
+        key = jax.random.fold_in(self.keys[i][2], step)
+        return self.problem.sample(self.params_of(i), key, step, valid_loss)
 
 
 def _resume(checkpoints, params_list, states, log):
@@ -171,241 +241,47 @@ def _train_trials(configs, workdirs, log) -> list:
     if not live:
         log(f"all {k} trials diverged earlier: nothing to run")
         return earlier
-    corpus = train.load_data(config.data)
-    train.check_data_fits(config, corpus)
-    checked = {i: rundir.check_run_dir(configs[i], corpus, workdirs[i]) for i in live}  # written after the resume
-    vocab = checked[live[0]][2]
-
-    loss_mask = train.task_loss_mask(config, corpus)
-    train_data = train.TrainStreams(config, corpus, loss_mask)
-    steps_per_epoch = train_data.steps_per_epoch
-    num_steps = t.num_steps or t.num_epochs * steps_per_epoch
-    eval_every = t.eval_every or steps_per_epoch
-    checkpoint_every = t.checkpoint_every or steps_per_epoch
-    size = len(vocab) if vocab is not None else corpus.num_pitches
-    models = [train.make_model(c, size) for c in configs]  # they differ only in how they initialise
-    model = models[0]
-    word_level = vocab is not None and vocab.level == "word"
-    select_by = t.get("select_by", "valid_loss")
-    per_trial_data = t.bptt == "full"
-    vstep = _make_step(model, config, steps_per_epoch, num_steps, per_trial_data, model.dropout > 0)
-    evaluate = train.Evaluator(model, config, corpus, loss_mask, trials=True)
-    hyper = {name: jnp.asarray([float(c.optim[name]) for c in configs], jnp.float32)
-             for name in ("learning_rate", "max_norm")}
-    keys = [jax.random.split(jax.random.PRNGKey(c.seed), 3) for c in configs]  # init, dropout, sample
-    dropout_bases = jnp.stack([key[1] for key in keys]) if model.dropout > 0 else None
-    params_list = [m.init(key[0]) for m, key in zip(models, keys)]
-    states = [{"step": jnp.zeros((), jnp.int32),
-               "opt_state": train.make_optimizer(c, steps_per_epoch, num_steps).init(p),
-               "carry": model.zero_carry(t.batch_size),
-               "sched": {"best_valid": jnp.asarray(jnp.inf, jnp.float32),
-                         "best_select": jnp.asarray(jnp.inf, jnp.float32),
-                         "bad_evals": jnp.zeros((), jnp.int32), "halvings": jnp.zeros((), jnp.int32)}}
-              for c, p in zip(configs, params_list)]
-
-    results = [None if i in live else earlier[i] for i in range(k)]
-    checkpoints, metrics_files, samples_files, boards = {}, {}, {}, {}
-    last_good = [None] * k
-    best = [{"step": None, "valid_loss": None, "metrics": {}} for _ in range(k)]
+    problem = train.make_problem(config)
+    checked = {i: rundir.check_run_dir(configs[i], problem.data, workdirs[i]) for i in live}  # written later
+    num_steps = t.num_steps or t.num_epochs * problem.steps_per_epoch
     active = np.zeros(k, bool)
     active[live] = True
-    ended = [None] * k  # the step at which a trial diverged
-    step = start = 0
-    progress = train.Progress(start, num_steps)
-    started = time.time()
-    time_offsets = (0.0, 0.0)
-
-    def times() -> dict:
-        return {"elapsed_s": time_offsets[0] + time.time() - started,
-                "train_time_s": time_offsets[1] + progress.elapsed()}
-
-    def close(checkpoints_too: bool = True) -> None:
-        if checkpoints_too:
-            for ck in checkpoints.values():
-                ck.close()
-        for f in list(metrics_files.values()) + list(samples_files.values()):
-            f.close()
-        for board in boards.values():
-            if board is not None:
-                board.close()
-
-    def finish(i: int, result: dict) -> None:
-        result["vmapped"] = {"trials": k, "index": int(i)}
-        results[i] = result
-        rundir.write_json_atomic(os.path.join(workdirs[i], "result.json"), result)
-
+    program = Vmapped(problem, configs, num_steps, active)
+    params_list, states = list(program.fresh_params), program.fresh_states()
+    recorders = [train.Recorder(workdirs[i], checked.get(i), t.max_to_keep, {"vmapped": {"trials": k, "index": i}})
+                 for i in range(k)]
+    for i in range(k):
+        if i not in live:
+            recorders[i].checkpoints.close()
+            recorders[i].result = earlier[i]
+    live_recorders = [recorders[i] for i in live]
+    start = 0
     try:
-        for i in live:
-            checkpoints[i] = RunCheckpoints(workdirs[i], t.max_to_keep)
         start, restored_params, restored_states, metas = _resume(
-            [checkpoints[i] for i in live], [params_list[i] for i in live], [states[i] for i in live], log)
-        for i in live:  # the resume is valid: now write
-            rundir.write_run_files(workdirs[i], *checked[i])
-        step = start
+            [r.checkpoints for r in live_recorders], [params_list[i] for i in live], [states[i] for i in live], log)
         for j, i in enumerate(live):
             params_list[i], states[i] = restored_params[j], restored_states[j]
         if start:
             log(f"resuming {len(live)} trials at step {start}")
-        time_offsets = (float(metas[0].get("elapsed_s", 0.0)), float(metas[0].get("train_time_s", 0.0)))
-        progress = train.Progress(start, num_steps)
-        for i in live:
-            losses = [r["loss"] for r in rundir.truncate_after(workdirs[i], start)
-                      if isinstance(r.get("loss"), (int, float))]
-            last_good[i] = losses[-1] if losses else None
-            if start and math.isfinite(float(states[i]["sched"]["best_select"])):
-                best[i] = train.best_record(checkpoints[i], log)
-            result_path = os.path.join(workdirs[i], "result.json")
-            if os.path.exists(result_path):
-                os.remove(result_path)  # live again
-            metrics_files[i] = open(os.path.join(workdirs[i], "metrics.jsonl"), "a", encoding="utf-8")
-            samples_files[i] = open(os.path.join(workdirs[i], "samples.txt"), "a", encoding="utf-8")
-            boards[i] = train._tensorboard(workdirs[i], purge_step=start + 1)
-        sched = [dict(s["sched"]) for s in states]
-        params = _stack(params_list)
-        opt_state = _stack([s["opt_state"] for s in states])
-        carry = _stack([s["carry"] for s in states])
+        clock = train.Clock((float(metas[0].get("elapsed_s", 0.0)), float(metas[0].get("train_time_s", 0.0))))
+        for i in live:  # the resume is valid: now write
+            recorders[i].open(start, states[i]["sched"], log)
+        program.load(params_list, states, start)
         del params_list, states
-        zero_carry = _stack([model.zero_carry(t.batch_size)] * k)
-        active_dev = jnp.asarray(active)
-        pending: list = []
-        last_valid = (None, None)  # (step, per-trial metrics) of the latest evaluation
-        num_params = lm_lib.num_params(_index(params, 0))
-
-        def flush() -> None:
-            if not pending:
-                return
-            values = jax.device_get([m for _, m in pending])
-            for (at, _), m in zip(pending, values):
-                for i in np.flatnonzero(active):
-                    record = train.step_record(at, {name: v[i] for name, v in m.items()})
-                    if not bool(m["finite"][i]):
-                        active[i], ended[i] = False, at
-                        metrics_files[i].write(json.dumps(rundir.json_safe(record)) + "\n")
-                        metrics_files[i].flush()
-                        # recorded at once: a resumed program must not run it again
-                        finish(i, train.run_result("diverged", at, num_steps, steps_per_epoch, num_params,
-                                                   last_good[i], best[i], times(), vocab, select_by, corpus))
-                        log(f"trial {i} ({workdirs[i]}): step {at}: diverged (not finite, or the loss above "
-                            "train.diverge_factor x the loss of uniform predictions); its updates are masked "
-                            "from here (its last checkpoint, if any, is kept), the others go on")
-                        continue
-                    last_good[i] = record["loss"]
-                    metrics_files[i].write(json.dumps(record) + "\n")
-                    if boards[i] is not None:
-                        for name in ("loss", "grad_norm", "learning_rate"):
-                            boards[i].add_scalar(f"train/{name}", record[name], at)
-            for f in metrics_files.values():
-                f.flush()
-            pending.clear()
-
-        def trial_state(i: int, at: int) -> dict:
-            return {"step": jnp.asarray(at, jnp.int32), "opt_state": _index(opt_state, i),
-                    "carry": _index(carry, i), "sched": sched[i]}
-
-        while step < num_steps and active.any():
-            resets = None
-            if t.bptt == "truncated":
-                inputs, targets, weights, resets, new_epoch = train_data.batch(step)
-                if new_epoch:
-                    carry = zero_carry
-            else:
-                batches = [data_lib.window_batch(corpus.train, c.seed, step, t.batch_size, t.seq_len,
-                                                 mask=loss_mask.get("train")) for c in configs]
-                inputs, targets = np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
-                weights = np.stack([b[2] for b in batches]) if len(batches[0]) == 3 else None
-                carry = zero_carry
-            params, opt_state, carry, metrics, active_dev = vstep(
-                params, opt_state, carry, inputs, targets, dropout_bases, weights, resets, hyper, active_dev,
-                step)
-            step += 1
-            pending.append((step, metrics))
-            last = step == num_steps
-            do_eval = step % eval_every == 0 or last
-            do_save = do_eval or step % checkpoint_every == 0
-            if step % t.log_every == 0 or do_save or step == start + 1:
-                flush()
-                losses = [last_good[i] for i in np.flatnonzero(active)]
-                log(progress.line(step, min(losses) if losses else None) + f" | {int(active.sum())}/{k} trials")
-                if step == start + 1:
-                    progress.restart_rate(step)
-            if not do_save or not active.any():
-                continue
-            progress.pause()
-            if do_eval:
-                valid_all = evaluate(params, "valid")
-                last_valid = (step, valid_all)
-            for i in np.flatnonzero(active):
-                p_i = _index(params, i)
-                if do_eval:
-                    valid_metrics = valid_all[i]
-                    valid = valid_metrics["loss"]
-                    record = train.eval_record(step, valid_metrics, word_level, times())
-                    score = -valid_metrics["accuracy"] if select_by == "valid_accuracy" else valid
-                    improved = bool(score < float(sched[i]["best_select"]))
-                    sched[i] = {"best_valid": jnp.asarray(min(valid, float(sched[i]["best_valid"])), jnp.float32),
-                                "best_select": jnp.asarray(min(score, float(sched[i]["best_select"])), jnp.float32),
-                                "bad_evals": jnp.zeros((), jnp.int32), "halvings": jnp.zeros((), jnp.int32)}
-                    metrics_files[i].write(json.dumps(rundir.json_safe(record)) + "\n")
-                    metrics_files[i].flush()
-                    if boards[i] is not None:
-                        boards[i].add_scalar("valid/loss", valid, step)
-                    train.append_sample(samples_files[i], model, p_i, corpus, t, keys[i][2], step, valid)
-                    if improved:
-                        extra = {name: v for name, v in valid_metrics.items() if name != "loss"}
-                        best[i] = {"step": step, "valid_loss": valid, "metrics": extra}
-                        checkpoints[i].save("best", step, p_i, trial_state(i, step),
-                                            rundir.json_safe({"step": step, "valid_loss": valid, "metrics": extra}))
-                checkpoints[i].save("latest", step, p_i, trial_state(i, step),
-                                    {"step": step, "time": time.time(), **times()})
-            if do_eval:
-                log(f"step {step}: valid loss " + " ".join(
-                    f"{v['loss']:.4f}" if active[i] else "-" for i, v in enumerate(valid_all)))
-            progress.resume()
-        flush()
-        for ck in checkpoints.values():
-            ck.wait()
-
-        done = [i for i in np.flatnonzero(active)]
-        if done:
-            final_valid = last_valid[1] if last_valid[0] == step else evaluate(params, "valid")
-            final_test = evaluate(params, "test")
-            # the test metrics at each trial's best checkpoint: its final parameters or the restored best
-            need = [i for i in done if best[i]["step"] not in (None, step)]
-            best_test = list(final_test)
-            if need:
-                chosen = [_index(params, i) for i in range(k)]
-                readable = []
-                for i in need:
-                    try:
-                        restored = checkpoints[i].restore_readable("best", train._abstract(chosen[i]),
-                                                                   set_aside=True, log=log)
-                    except UnreadableCheckpoints as e:
-                        log(f"trial {i}: {e}; its result has no test metrics of the best checkpoint")
-                        restored = None
-                    if restored is not None:
-                        chosen[i] = restored[0]
-                        readable.append(i)
-                    best_test[i] = None
-                restored_test = evaluate(_stack(chosen), "test") if readable else None
-                for i in readable:
-                    best_test[i] = restored_test[i]
-            for i in done:
-                finish(i, train.run_result(
-                    "completed", step, num_steps, steps_per_epoch, num_params, last_good[i], best[i],
-                    times(), vocab, select_by, corpus, final_valid[i], final_test[i],
-                    best_test[i] if best[i]["step"] is not None else None))
+        train.run_loop(program, problem, recorders, config, start, num_steps, clock, log)
     except BaseException as e:
         # a failed save may also surface here; the trials are recorded as failed either way
-        save_errors = [ck.close_after_failure() for ck in checkpoints.values()]
+        save_errors = [r.checkpoints.close_after_failure() for r in live_recorders]
         error = e if isinstance(e, Exception) else next((x for x in save_errors if x is not None), None)
         if error is not None:
-            for i in live:
-                if results[i] is None:  # diverged or completed trials keep their result
-                    rundir.write_json_atomic(os.path.join(workdirs[i], "result.json"), {
-                        "status": "failed", "error": f"{type(error).__name__}: {error}", "step": step,
-                        "num_steps": num_steps, "vmapped": {"trials": k, "index": int(i)}})
-        close(checkpoints_too=False)
+            for i in live:  # diverged or completed trials keep their result
+                recorders[i].fail(error, program.at, num_steps)
+        for r in live_recorders:
+            r.close(checkpoints=False)
         raise
-    close()
-    log(f"{k} trials: " + ", ".join(f"{r.get('status')} (best valid loss {r.get('best_valid_loss')})" for r in results))
+    for r in live_recorders:
+        r.close()
+    results = [r.result for r in recorders]
+    log(f"{k} trials: " + ", ".join(f"{r.get('status')} (best valid loss {r.get('best_valid_loss')})"
+                                    for r in results))
     return results

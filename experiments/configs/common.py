@@ -91,3 +91,47 @@ def check_number(a, name: str, minimum: float = 0.0, maximum: float | None = Non
         lo = f"> {minimum:g}" if strict else f">= {minimum:g}"
         hi = "" if maximum is None else f" and {'<' if strict_max else '<='} {maximum:g}"
         raise InputError(f"config arg {name}={value!r}: must be a number {lo}{hi}")
+
+
+# ----------------------------------------------------------------------------- example tasks
+
+EXAMPLE_DEFAULTS = dict(cell="lstm", hidden=128, embed=32, layers=1, steps=2000, batch=64, lr=3e-3, max_norm=5.0,
+                        optimizer="adam", dropout=0.0, eval_every=250, data_seed=0, seed=0, select_by="",
+                        runlocal=False)
+EXAMPLE_RUNLOCAL = dict(hidden=16, embed=8, steps=20, batch=8, eval_every=10)
+
+
+def example_config(a, task: str, options: Mapping[str, Any], kind: str, model: Mapping[str, Any] = ()):
+    """The config of a model kind trained on a registered task's example batches
+    (:mod:`rnn_jax.data.registry`): ``a`` is the parsed arg string (:data:`EXAMPLE_DEFAULTS` plus the
+    config's own keys), ``options`` the task's block, ``model`` the kind's model fields."""
+    from rnn_jax.configs import check_choice
+    from rnn_jax.data import registry
+
+    for name in ("hidden", "embed", "layers", "steps", "batch", "eval_every"):
+        check_int(a, name)
+    check_int(a, "seed", minimum=0)
+    check_int(a, "data_seed", minimum=0)
+    check_number(a, "lr", strict=True)
+    check_number(a, "max_norm", strict=True)
+    check_number(a, "dropout", 0.0, 1.0)
+    check_choice("optimizer", a.optimizer, ("adam", "sgd", "momentum", "rmsprop", "adagrad"))
+    entry = registry.get(task)
+    c = lm_config()
+    c.seed, c.cell = a.seed, a.cell
+    c.model.update(embed_size=a.embed, hidden_size=a.hidden, num_layers=a.layers, dropout=a.dropout,
+                   embed_scale=0.1)
+    c.model.kind = kind
+    for name, value in dict(model).items():
+        c.model[name] = value
+    c.data = ml_collections.ConfigDict(dict(kind=task, path="", dir="", seed=a.data_seed))
+    c.data[task] = dict(options)
+    c.train.update(batch_size=a.batch, seq_len=1, bptt="full", num_steps=a.steps, eval_batch_size=256,
+                   log_every=max(1, min(100, a.eval_every)), eval_every=a.eval_every, checkpoint_every=a.eval_every,
+                   sample_length=1, max_to_keep=1)
+    select = a.select_by or (f"valid_{entry.metrics[0]}" if entry.metrics else "valid_loss")
+    check_choice("select_by", select, ("valid_loss",) + tuple(f"valid_{m}" for m in entry.metrics))
+    c.train.select_by = select
+    c.optim.update(name=a.optimizer, learning_rate=a.lr, max_norm=a.max_norm)
+    c.optim.schedule.update(name="constant")
+    return c

@@ -179,3 +179,49 @@ def cross_entropy(logits_BxC, labels_B, weight_B=None):
 
 
 __all__ = ["POOLS", "SequenceClassifier", "cross_entropy"]
+
+
+# ----------------------------------------------------------------------------- the model kind
+
+def _build(config, task) -> SequenceClassifier:
+    from rnn_jax.models.base import make_cell
+
+    m = config.model
+    tokens = task.vocab_size is not None
+    return SequenceClassifier(make_cell(config), task.num_classes, m.hidden_size,
+                              input_size=None if tokens else task.input_size,
+                              vocab_size=task.vocab_size if tokens else None,
+                              embed_size=m.embed_size if tokens else None, num_layers=m.num_layers,
+                              dropout=m.dropout, variational=m.variational, pool=m.get("pool", "last"),
+                              embed_scale=m.embed_scale, output_scale=m.output_scale, impl=m.impl)
+
+
+def _eval_sums(model, task):
+    return lambda params, batch: model.loss(params, batch)[1]
+
+
+def _sample(model, task, params, key) -> str:
+    """The first validation examples with their predicted and true labels."""
+    import numpy as np
+
+    batch = task.eval_batches("valid", 8)[0]
+    predicted = np.asarray(jnp.argmax(model.apply(params, batch), axis=-1))
+    lines = []
+    for b in range(len(predicted)):
+        inputs = np.asarray(batch["inputs"][b])
+        shown = ("".join(str(int(v)) for v in inputs[:int(batch["lengths"][b])]) if model.tokens
+                 else f"{inputs.shape[0]} steps of {inputs.shape[1]} features")
+        lines.append(f"{shown} -> {int(predicted[b])} (true {int(batch['labels'][b])})")
+    return "\n".join(lines)
+
+
+def _kind():
+    import math
+
+    from rnn_jax.models.base import ExampleKind
+
+    return ExampleKind("classifier", _build, _eval_sums, lambda model, task: math.log(model.num_classes),
+                       sample=_sample, options={"pool": POOLS})
+
+
+KIND = _kind()

@@ -318,3 +318,57 @@ class Seq2Seq:
         nll_BxT = -jnp.take_along_axis(logp, tgt_out_BxT[..., None], axis=-1)[..., 0]
         sums = {"nll": jnp.sum(nll_BxT * w_BxT), "nll_tokens": jnp.sum(w_BxT)}
         return sums["nll"] / jnp.maximum(sums["nll_tokens"], 1.0), sums
+
+
+# ----------------------------------------------------------------------------- the model kind
+
+def _build(config, task) -> Seq2Seq:
+    from rnn_jax.models.base import make_cell
+
+    m = config.model
+    cell = make_cell(config)
+    return Seq2Seq(cell, cell, len(task.vocab), embed_size=m.embed_size, encoder_size=m.hidden_size,
+                   decoder_size=m.hidden_size, attention=m.get("attention", "bahdanau"),
+                   bridge=m.get("bridge", "learned"), bidirectional_encoder=bool(m.get("bidirectional", False)),
+                   dropout=m.dropout, embed_scale=m.embed_scale, output_scale=m.output_scale, impl=m.impl)
+
+
+def _eval_sums(model, task):
+    """Teacher-forced loss sums and the decoded (greedy) output's accuracies of one batch."""
+    from rnn_jax import decoding
+    from rnn_jax.data.seq2seq_tasks import decoded_metrics
+
+    def sums(params, batch):
+        _, loss_sums = model.loss(params, batch)
+        decoded = decoding._greedy(model, params, batch["src"], batch["src_lengths"], max_len=task.tgt_len)
+        return {**loss_sums, **decoded_metrics(decoded.tokens, batch)}
+
+    return sums
+
+
+def _sample(model, task, params, key) -> str:
+    """The first validation sources, greedy outputs and targets."""
+    from rnn_jax import decoding
+
+    batch = task.eval_batches("valid", 8)[0]
+    decoded = decoding.greedy(model, params, batch["src"], batch["src_lengths"], max_len=task.tgt_len)
+    lines = []
+    for b in range(len(batch["src"])):
+        src = task.decode(batch["src"][b][:int(batch["src_lengths"][b])])
+        out = task.decode(np.asarray(decoded.tokens[b]))
+        tgt = task.decode(batch["tgt_out"][b][:int(batch["tgt_lengths"][b])])
+        lines.append(f"{src} -> {out}" + ("" if out == tgt else f" (target {tgt})"))
+    return "\n".join(lines)
+
+
+def _kind():
+    import math
+
+    from rnn_jax.models.base import ExampleKind
+
+    return ExampleKind("seq2seq", _build, _eval_sums, lambda model, task: math.log(model.target_vocab),
+                       sample=_sample, options={"attention": ("bahdanau", "luong", "none"),
+                                                "bridge": BRIDGES, "bidirectional": (False, True)})
+
+
+KIND = _kind()

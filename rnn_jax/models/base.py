@@ -1,0 +1,208 @@
+"""What the training loop needs from a model kind: a :class:`Problem`, and :class:`ExampleKind`, the
+kind of every model trained on batches of independent examples (classifier, tagger, conditioned
+generator, encoder-decoder).
+
+A :class:`Problem` is one program's model and data as the loop in :mod:`rnn_jax.train` sees them
+(vmapped trials share one; they differ only in what ``init`` makes of their own config)::
+
+    params = problem.init(config, key)                       # a trial's parameters
+    carry = problem.zero_carry(batch_size)                    # None: nothing carried between batches
+    batch, new_epoch = problem.batch(config, step)            # a pure function of (config.seed, step)
+    objective, (mean, carry) = problem.loss(params, carry, batch, dropout_key)
+    evaluate = problem.evaluator(place=None, trials=False)    # evaluate(params, split) -> {"loss", ...}
+    text = problem.sample(params, key, step, valid_loss)      # for samples.txt, or None
+
+``seed_batches`` says whether the batches depend on ``config.seed`` (then the trials of one program
+draw their own batches). ``data`` is what the run directory fingerprints (``corpus.json``): a corpus,
+or an object with ``fingerprint()``. ``metrics`` names the evaluation's higher-is-better metrics
+(``train.select_by = "valid_<metric>"`` may select by one of them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_jax import cells as cells_lib
+from rnn_jax import configs as cfg
+from rnn_jax.errors import InputError
+
+
+def make_cell(config):
+    """The config's cell with the model block's initialisers."""
+    m = config.model
+    return cells_lib.from_spec(config.cell, init_scale=m.init_scale, kernel_init=m.kernel_init,
+                               recurrent_init=m.recurrent_init)
+
+
+class Problem:
+    """Base of the problems (see the module docstring); subclasses set the attributes."""
+
+    model: Any = None
+    data: Any = None
+    vocab: Any = None
+    level: str = "example"
+    task: str | None = None
+    steps_per_epoch: int = 1
+    uniform_loss: float = math.inf
+    seed_batches: bool = True
+    metrics: tuple = ()
+
+    def describe(self) -> str:
+        return f"{self.task} task"
+
+
+# ----------------------------------------------------------------------------- batches of examples
+
+@dataclasses.dataclass(frozen=True)
+class ExampleKind:
+    """A model kind trained on batches of independent examples drawn from a registered task
+    (:mod:`rnn_jax.data.registry`).
+
+    ``build(config, task) -> model``: the model (its ``init(key)`` and ``loss(params, batch,
+    dropout_key) -> (mean, sums)``). ``eval_sums(model, task) -> fn(params, batch) -> sums``: the
+    jit-compatible summable scalars of one evaluation batch (decoded metrics, never teacher-forced,
+    for generators); ``task.metrics(total sums)`` turns their totals into ``{"loss", ...}``.
+    ``uniform_loss(model, task)``: the loss of uniform predictions (divergence bound).
+    ``sample(model, task, params, key) -> str | None`` for ``samples.txt``. ``metrics``: the
+    higher-is-better metrics the task reports, the first being the default ``select_by``.
+    ``options``: the model block's kind-specific fields and their allowed values (the first is the
+    default).
+    """
+
+    name: str
+    build: Callable
+    eval_sums: Callable
+    uniform_loss: Callable
+    sample: Callable | None = None
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def check(self, config) -> None:
+        from rnn_jax.data import registry
+
+        d, t = config.data, config.train
+        entry = registry.get(d.kind)
+        if entry.model_kind != self.name:
+            raise InputError(f"config.data.kind = {d.kind!r} is a {entry.model_kind} task; config.model.kind = "
+                             f"{self.name!r} cannot train it (leave model.kind empty, or set it to "
+                             f"{entry.model_kind!r})")
+        cfg.check_int("data.seed", d.get("seed", 0), minimum=0)
+        cfg.check_choice("train.loss_reduction", t.loss_reduction, ("mean",))
+        if t.num_epochs and entry.train_size is None:
+            raise InputError(f"config.train.num_epochs = {t.num_epochs}: the {d.kind} task draws fresh training "
+                             "examples every step (it has no epochs); set train.num_steps instead")
+        for name, choices in self.options.items():
+            cfg.check_choice(f"model.{name}", config.model.get(name, choices[0]), choices)
+        task = registry.make(d.kind, d.get("seed", 0), d.get(d.kind) or {})
+        try:
+            jax.eval_shape(self.build(config, task).init, jax.random.PRNGKey(0))
+        except ValueError as e:
+            raise InputError(f"config.cell = {config.cell!r} with model.hidden_size={config.model.hidden_size}: "
+                             f"{e}") from None
+
+    def problem(self, config) -> "ExampleProblem":
+        from rnn_jax.data import registry
+
+        d = config.data
+        task = registry.make(d.kind, d.get("seed", 0), d.get(d.kind) or {})
+        return ExampleProblem(self, config, task, registry.get(d.kind))
+
+
+class _Fingerprint:
+    """The run directory's data fingerprint of a generated task: digests of its evaluation sets and
+    of a first training batch (the task's options are in the config, checked too)."""
+
+    def __init__(self, task, batch_size: int):
+        self.task, self.batch_size = task, batch_size
+
+    def fingerprint(self) -> dict:
+        out = {}
+        for split in ("valid", "test"):
+            batches = self.task.eval_batches(split, self.batch_size)
+            digest = hashlib.sha256()
+            for batch in batches:
+                for key in sorted(batch):
+                    digest.update(key.encode() + np.ascontiguousarray(batch[key]).tobytes())
+            out[split] = {"batches": len(batches), "sha256": digest.hexdigest()}
+        first = self.task.train_batch(0, 0, 4)
+        digest = hashlib.sha256()
+        for key in sorted(first):
+            digest.update(key.encode() + np.ascontiguousarray(first[key]).tobytes())
+        out["train"] = {"first_batch_sha256": digest.hexdigest()}
+        return out
+
+
+class ExampleProblem(Problem):
+    """Training on a registered task's example batches; nothing is carried between batches."""
+
+    seed_batches = True
+
+    def __init__(self, kind: ExampleKind, config, task, entry):
+        self.kind, self.task_obj, self.config = kind, task, config
+        self.task = entry.name
+        self.model = kind.build(config, task)
+        self.data = _Fingerprint(task, config.train.eval_batch_size)
+        t = config.train
+        self.steps_per_epoch = (max(1, entry.train_size(task) // t.batch_size) if entry.train_size is not None
+                                else max(1, t.eval_every or 1000))
+        self.uniform_loss = float(kind.uniform_loss(self.model, task))
+        self.metrics = tuple(entry.metrics)
+        self._eval_sums = kind.eval_sums(self.model, task)
+
+    def describe(self) -> str:
+        options = self.config.data.get(self.task) or {}
+        shown = ", ".join(f"{k}={v}" for k, v in dict(options).items())
+        return f"{self.task} task" + (f" ({shown})" if shown else "")
+
+    def init(self, config, key):
+        return self.kind.build(config, self.task_obj).init(key)
+
+    def zero_carry(self, batch_size: int):
+        return None
+
+    def batch(self, config, step: int):
+        return self.task_obj.train_batch(config.seed, step, config.train.batch_size), False
+
+    def loss(self, params, carry, batch, key):
+        mean, _ = self.model.loss(params, batch, dropout_key=key)
+        return mean, (mean, carry)
+
+    def evaluator(self, place=None, trials: bool = False):
+        return ExampleEvaluator(self, trials)
+
+    def sample(self, params, key, step: int, valid_loss: float):
+        if self.kind.sample is None or not self.config.train.sample_length:
+            return None
+        return self.kind.sample(self.model, self.task_obj, params, key)
+
+
+class ExampleEvaluator:
+    """``evaluator(params, split)``: the task's metrics over every example of the split, one jitted
+    call per evaluation batch (the batches live on the device); with ``trials`` the parameters carry a
+    leading trial axis and a list of per-trial dicts comes back."""
+
+    def __init__(self, problem: ExampleProblem, trials: bool):
+        self.task, self.trials = problem.task_obj, trials
+        fn = problem._eval_sums
+        self._sums = jax.jit(jax.vmap(fn, in_axes=(0, None)) if trials else fn)
+        size = problem.config.train.eval_batch_size
+        test_size = problem.config.train.test_batch_size or size
+        self.batches = {split: [jax.tree.map(jnp.asarray, b) for b in self.task.eval_batches(split, n)]
+                        for split, n in (("valid", size), ("test", test_size))}
+
+    def __call__(self, params, split: str):
+        total = None
+        for batch in self.batches[split]:
+            sums = self._sums(params, batch)
+            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+        total = jax.device_get(total)
+        if not self.trials:
+            return self.task.metrics(total)
+        k = len(next(iter(total.values())))
+        return [self.task.metrics({name: v[i] for name, v in total.items()}) for i in range(k)]
