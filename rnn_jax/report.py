@@ -162,7 +162,22 @@ DEFAULT_METRIC = TaskMetric(test="test_loss", label="test loss", **_LOSS)  # tas
 
 
 def task_metric(task: str) -> TaskMetric:
-    return TASK_METRICS.get(task, DEFAULT_METRIC)
+    """The table metric of ``task``: listed above, or a registered task's first higher-is-better
+    metric (:mod:`rnn_jax.data.registry`; e.g. ``sequence_accuracy`` for seq2seq tasks)."""
+    if task in TASK_METRICS:
+        return TASK_METRICS[task]
+    from rnn_jax.data import registry
+
+    entry = registry.TASKS.get(task)
+    if entry is None or not entry.metrics:
+        return DEFAULT_METRIC
+    first, second = entry.metrics[0], (entry.metrics[1] if len(entry.metrics) > 1 else None)
+    short = {"accuracy": "acc", "sequence_accuracy": "seq acc", "token_accuracy": "token acc"}
+    return TaskMetric(test=f"test_{first}", label=short.get(first, first),
+                      second=f"test_{second}" if second else None,
+                      second_label=short.get(second, second) if second else None,
+                      valid=f"best_valid_{first}", higher_is_better=True, valid_higher_is_better=True,
+                      curve=f"valid_{first}")
 
 
 def setting_of(config: dict) -> str:

@@ -131,3 +131,22 @@ def test_every_registered_task_names_a_registered_kind():
         if entry.model_kind not in ("lm", "piano"):
             kind = models.get(entry.model_kind)
             assert kind.name == entry.model_kind
+
+
+def test_the_comparison_takes_registered_tasks_and_their_metrics():
+    from experiments.configs import tasks as tasks_config
+    from rnn_jax import report
+    from rnn_jax.sweep import compare
+
+    assert compare.check_tasks(["digits", "reverse", "bracket_depth"], {}) == ["digits", "reverse", "bracket_depth"]
+    metric = report.task_metric("reverse")
+    assert (metric.test, metric.valid, metric.second) == ("test_sequence_accuracy", "best_valid_sequence_accuracy",
+                                                          "test_token_accuracy")
+    assert report.task_metric("digit_rows") == report.DEFAULT_METRIC  # no accuracy: the test loss
+    point = compare.point(compare.PRESETS["quick"], "parity", "gru", compare.settings_for(compare.PRESETS["quick"])[0],
+                          0, {})
+    config = tasks_config.get_config(point["arg"] + ",runlocal")
+    assert (config.model.kind, config.data.kind, config.train.select_by) == ("classifier", "parity", "valid_accuracy")
+    train.validate_config(config)
+    assert compare._score({"status": "completed", "select_by": "valid_sequence_accuracy",
+                           "best_valid_sequence_accuracy": 0.75, "best_valid_loss": 0.1}) == 0.75

@@ -28,9 +28,13 @@ import math
 
 from experiments.configs import common
 from rnn_jax.configs import check_choice
+from rnn_jax.data import registry  # noqa: E402
 from rnn_jax.data.tasks import TASKS
 
-ALL_TASKS = TASKS + ("ptb", "music")  # ptb and music read files: data_path=...
+# every registered task of another model kind (classifier, tagger, conditioned, seq2seq), with its
+# default options: the comparison (experiments/compare.py --tasks=...) runs them through this config
+EXAMPLE_TASKS = tuple(name for name in registry.names() if registry.get(name).model_kind != "lm")
+ALL_TASKS = TASKS + ("ptb", "music") + EXAMPLE_TASKS  # ptb and music read files: data_path=...
 DEFAULTS = dict(task="arithmetic", cell="lstm", hidden=128, layers=1, steps=3000, batch=20, seq_len=35, lr=0.5,
                 init=1.0, max_norm=5.0, optimizer="sgd", init_style="uniform", digits=8, negative=0.0,
                 distractors=3, data_path="", train_chars=1_000_000, eval_chars=20_000, eval_every=500, seed=0,
@@ -41,6 +45,8 @@ RUNLOCAL = dict(hidden=16, steps=20, batch=4, seq_len=10, train_chars=4000, eval
 
 def get_config(arg=None):
     a = common.parse(arg, DEFAULTS, RUNLOCAL)
+    if a.task in EXAMPLE_TASKS:
+        return _example_config(a)
     for name in ("hidden", "layers", "steps", "batch", "seq_len", "digits", "train_chars", "eval_chars"):
         common.check_int(a, name)
     for name in ("distractors", "eval_every", "seed"):  # eval_every=0: once per epoch
@@ -88,3 +94,28 @@ def sweep(add):
     for task in ("arithmetic", "xml"):
         for cell in ("rnn", "lstm", "lstm_f", "gru", "mut1"):
             add(cell=cell, **{"data.kind": task})
+
+
+def _example_config(a):
+    """A registered example task with its default options, under the comparison's arg names
+    (``hidden``, ``layers``, ``lr``, ``init``, ``max_norm``, ``optimizer``, ``init_style``, ``steps``,
+    ``eval_every``, ``batch``, ``seed``); the character-stream args do not apply."""
+    for name in ("hidden", "layers", "steps", "batch", "eval_every"):
+        common.check_int(a, name)
+    check_choice("init_style", a.init_style, ("uniform", "lecun"))
+    entry = registry.get(a.task)
+    args = dict(common.EXAMPLE_DEFAULTS)
+    args.update(cell=a.cell, hidden=a.hidden, embed=a.hidden, layers=a.layers, steps=a.steps, batch=a.batch,
+                lr=a.lr, max_norm=a.max_norm, optimizer=a.optimizer, eval_every=a.eval_every or 250, seed=a.seed)
+    import ml_collections
+
+    c = common.example_config(ml_collections.ConfigDict(args), a.task, {}, entry.model_kind)
+    if a.init_style == "uniform":
+        c.model.update(kernel_init="uniform", recurrent_init="uniform", init_scale=a.init,
+                       embed_scale=a.init / math.sqrt(a.hidden), output_scale=a.init)
+    else:
+        c.model.update(kernel_init="lecun_normal", recurrent_init="orthogonal", init_scale=a.init,
+                       embed_scale=1.0, output_scale=a.init)
+    if a.runlocal:
+        c.train.update(log_every=5)
+    return c

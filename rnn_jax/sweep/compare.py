@@ -18,13 +18,16 @@ import os
 from typing import Mapping, Sequence
 
 from rnn_jax import cells as cells_lib
+from rnn_jax.data import registry
 from rnn_jax.data import tasks as tasks_lib
 from rnn_jax.errors import InputError
 from rnn_jax.jozefowicz import DEFAULT_CELLS, PRESETS, Preset  # noqa: F401 (importable from here too)
 from rnn_jax.sweep import hparams
 from rnn_jax.sweep import points as points_lib
 
-TASKS = tasks_lib.TASKS + ("ptb", "music")
+# the Jozefowicz streams, the file-based LM tasks, then every registered task of another model kind
+EXAMPLE_TASKS = tuple(name for name in registry.names() if registry.get(name).model_kind != "lm")
+TASKS = tasks_lib.TASKS + ("ptb", "music") + EXAMPLE_TASKS
 
 
 def check_cells(cells: Sequence[str]) -> list:
@@ -107,9 +110,22 @@ def task_vocab_size(task: str) -> int:
     return len(tasks_lib.task_corpus(task, num_chars={split: 1 for split in tasks_lib.SPLITS}).vocab)
 
 
+@functools.lru_cache(maxsize=None)
+def example_input_size(task: str) -> int:
+    """For the parameter budget of a registered example task: its input vocabulary (token inputs),
+    else its feature size, from the task object with default options."""
+    obj = registry.make(task)
+    size = getattr(obj, "vocab_size", None) or getattr(obj, "input_size", None)
+    if size is None and hasattr(obj, "vocab"):
+        size = len(obj.vocab)
+    return int(size or 1)
+
+
 def _vocab_size(task: str, data_paths: Mapping[str, str]) -> int:
     if task in tasks_lib.TASKS:
         return task_vocab_size(task)
+    if task in EXAMPLE_TASKS:
+        return example_input_size(task)
     if task == "ptb":
         return 10_000
     return 88  # piano range; the budget is approximate for music
@@ -164,8 +180,9 @@ def _score(result: Mapping) -> float | None:
     """Higher is better: validation accuracy for generated tasks, minus validation loss otherwise."""
     if not result or result.get("status") != "completed":
         return None
-    if result.get("select_by") == "valid_accuracy":
-        v = result.get("best_valid_accuracy")
+    select = result.get("select_by") or "valid_loss"
+    if select != "valid_loss":  # an accuracy: valid_accuracy, valid_sequence_accuracy, ...
+        v = result.get(f"best_{select}")
         return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
     v = result.get("best_valid_loss")
     return -float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
