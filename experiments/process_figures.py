@@ -63,7 +63,11 @@ def main(argv):
 
         problem, params = _load(labelled[0][1], "seq2seq")
         lengths = [int(n) for n in _LENGTHS.value] if _LENGTHS.value else None
-        examples = seq2seq_analysis.attention_examples(problem.model, params, problem.task_obj, "test",
+        task = problem.task_obj
+        if lengths and (min(lengths) < task.min_len or max(lengths) > task.max_len):  # beyond training lengths
+            task = seq2seq_analysis.task_for_lengths(task, min(lengths + [task.min_len]),
+                                                     max(lengths + [task.max_len]))
+        examples = seq2seq_analysis.attention_examples(problem.model, params, task, "test",
                                                        count=len(lengths) if lengths else 4, lengths=lengths)
         seq2seq_analysis.plot_attention(examples, out, title=f"{problem.task}: attention over the source")
     else:
