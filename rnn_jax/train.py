@@ -26,6 +26,7 @@ for bit (on CPU). Records that the stopped run wrote after its last checkpoint a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from rnn_jax import models as models_lib
 from rnn_jax import rundir
 from rnn_jax.checkpoint import RunCheckpoints, UnreadableCheckpoints
 from rnn_jax.data import registry as task_registry
+from rnn_jax.data.text import Vocab
 from rnn_jax.errors import InputError
 from rnn_jax.evaluate import Evaluator, make_eval_fn, nll_fn, pieces_protocol, task_loss_mask  # noqa: F401
 from rnn_jax.models.streams import (  # noqa: F401
@@ -64,7 +66,6 @@ from rnn_jax.models.streams import uniform_loss as _model_uniform_loss
 from rnn_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule, plateau_update  # noqa: F401
 
 DIVERGE_FACTOR = 10.0  # default of train.diverge_factor
-SELECT_BY = ("valid_loss", "valid_accuracy")  # of the stream kinds; other kinds add their metrics
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -93,7 +94,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     cfg.check_choice("model.impl", m.impl, ("fused", "autodiff", "reference"))
     cfg.check_choice("model.variational", m.variational, (False, True))
     if config.data.kind not in DATA_KINDS and config.data.kind not in task_registry.TASKS:
-        cfg.check_choice("data.kind", config.data.kind, DATA_KINDS + task_registry.names())
+        cfg.check_choice("data.kind", config.data.kind,
+                         DATA_KINDS + tuple(n for n in task_registry.names() if n not in DATA_KINDS))
     cfg.check_choice("train.select_by", t.get("select_by", "valid_loss"), selectable(config))
     cfg.check_choice("train.data_parallel", t.get("data_parallel", False), (False, True))
     check_data_parallel(config)
@@ -383,9 +385,9 @@ class Recorder:
     ``checked`` is :func:`rundir.check_run_dir`'s result, written by :meth:`open` once the resume is
     known to be valid; ``extra`` is added to every ``result.json`` (a trial's ``vmapped`` entry)."""
 
-    def __init__(self, workdir: str, checked, max_to_keep: int, extra: dict | None = None):
+    def __init__(self, workdir: str, checked, max_to_keep: int, extra: dict | None = None, live: bool = True):
         self.workdir, self.checked, self.extra = workdir, checked, dict(extra or {})
-        self.checkpoints = RunCheckpoints(workdir, max_to_keep)
+        self.checkpoints = RunCheckpoints(workdir, max_to_keep) if live else None  # not live: left as it is
         self.result_path = os.path.join(workdir, "result.json")
         self.last_good = None
         self.best = {"step": None, "valid_loss": None, "metrics": {}}
@@ -520,111 +522,59 @@ class Single:
 
 # ----------------------------------------------------------------------------- the loop
 
+@dataclasses.dataclass(frozen=True)
+class LoopContext:
+    """What the loop's steps read and never change: the program, its problem and recorders, and the
+    settings of the run."""
+
+    program: object
+    problem: object
+    recorders: list
+    config: object
+    num_steps: int
+    clock: object
+    log: object
+    num_params: int
+
+    @property
+    def select_by(self) -> str:
+        return self.config.train.get("select_by", "valid_loss")
+
+    def active(self) -> list:
+        return [int(i) for i in np.flatnonzero(self.program.active)]
+
+    def result(self, i: int, status: str, step: int, *evals) -> dict:
+        rec = self.recorders[i]
+        return run_result(status, step, self.num_steps, self.problem, self.num_params, rec.last_good, rec.best,
+                          self.clock.times(), self.select_by, *evals)
+
+
 def run_loop(program, problem, recorders: list, config, start: int, num_steps: int, clock, log) -> None:
     """Train ``program`` (K trials, ``recorders[i]`` receiving trial ``i``'s files) from step ``start``
     to ``num_steps``: steps, records, evaluations, the best score and plateau rule, checkpoints,
     divergence (a diverged trial is recorded and masked; the others go on), and the final
     evaluations and ``result.json`` of every trial that completes."""
-    t = config.train
-    k = program.k
+    t, k = config.train, program.k
     eval_every = t.eval_every or problem.steps_per_epoch
     checkpoint_every = t.checkpoint_every or problem.steps_per_epoch
-    select_by = t.get("select_by", "valid_loss")
-    word_level = problem.level == "word"
-    plateau = config.optim.schedule
-    max_loss = diverge_bound(config, problem)
-    num_params = lm_lib.num_params(program.params_of(0))
+    ctx = LoopContext(program, problem, recorders, config, num_steps, clock, log,
+                      lm_lib.num_params(program.params_of(0)))
     progress = clock.progress = Progress(start, num_steps)
-    pending: list = []
-
-    def active() -> list:
-        return [int(i) for i in np.flatnonzero(program.active)]
-
-    def result(i: int, status: str, step: int, *evals) -> dict:
-        rec = recorders[i]
-        return run_result(status, step, num_steps, problem, num_params, rec.last_good, rec.best, clock.times(),
-                          select_by, *evals)
-
-    def flush() -> None:
-        """Write the pending step records; a trial whose step is not finite is recorded as diverged."""
-        if not pending:
-            return
-        values = jax.device_get([m for _, m in pending])
-        for (at, _), m in zip(pending, values):
-            for i in active():
-                rec, row = recorders[i], program.row(m, i)
-                record = step_record(at, row)
-                rec.write(record)
-                if not bool(row["finite"]):
-                    rec.metrics_file.flush()
-                    program.deactivate(i)
-                    rec.finish(result(i, "diverged", at))  # recorded at once: a resumed program skips it
-                    kept = rec.checkpoints.latest_step()
-                    why = (f"diverged (loss, gradient or parameters not finite, or the loss above {max_loss:.4g} = "
-                           "train.diverge_factor x the loss of uniform predictions)")
-                    if k == 1:
-                        kept_s = (f"the last good checkpoint (step {kept}) is kept" if kept is not None
-                                  else "before any checkpoint was saved")
-                        log(f"step {at}: {why}; stopping, {kept_s}")
-                    else:
-                        log(f"trial {i} ({rec.workdir}): step {at}: {why}; its updates are masked from here (its "
-                            "last checkpoint, if any, is kept), the others go on")
-                    continue
-                rec.last_good = record["loss"]
-                rec.scalars("train", {n: record[n] for n in ("loss", "grad_norm", "learning_rate")}, at)
-        for i in range(k):
-            if recorders[i].metrics_file is not None:
-                recorders[i].metrics_file.flush()
-        pending.clear()
-
-    def evaluated(i: int, step: int, metrics: dict) -> bool:
-        """Record trial ``i``'s validation metrics; keep the best checkpoint; the plateau rule.
-        Returns whether the plateau rule stops the run."""
-        rec, valid = recorders[i], metrics["loss"]
-        record = eval_record(step, metrics, word_level, clock.times())
-        sched = rec.sched
-        score = valid if select_by == "valid_loss" else -metrics[select_by[len("valid_"):]]
-        improved = bool(score < float(sched["best_select"]))
-        best_v, bad, halvings, halve, stop = plateau_update(
-            float(sched["best_valid"]), int(sched["bad_evals"]), int(sched["halvings"]), valid,
-            plateau.patience, plateau.max_halvings)
-        if plateau.name != "plateau":
-            halve = stop = False
-            bad, halvings = 0, 0
-        if halve:
-            record["halved_learning_rate"] = program.halve_learning_rate(i)
-        rec.sched = {"best_valid": jnp.asarray(best_v, jnp.float32),
-                     "best_select": jnp.asarray(min(score, float(sched["best_select"])), jnp.float32),
-                     "bad_evals": jnp.asarray(bad, jnp.int32), "halvings": jnp.asarray(halvings, jnp.int32)}
-        rec.write(record, flush=True)
-        rec.scalars("valid", {"loss": valid}, step)
-        if k == 1:
-            log(f"step {step}: valid loss {valid:.4f}"
-                + (f" (perplexity {record['valid_perplexity']:.2f})" if word_level else "")
-                + "".join(f", {n} {v:.4f}" for n, v in metrics.items() if n != "loss"))
-        rec.sample(step, valid, program.sample(i, step, valid))
-        if improved:
-            extra = {n: v for n, v in metrics.items() if n != "loss"}
-            rec.best = {"step": step, "valid_loss": valid, "metrics": extra}
-            rec.checkpoints.save("best", step, program.params_of(i), program.state_of(i, step, rec.sched),
-                                 rundir.json_safe({"step": step, "valid_loss": valid, "metrics": extra}))
-        return stop
-
+    pending: list = []  # (step, device metrics) not yet written
     step = start
     while step < num_steps and program.active.any():
-        metrics = program.step(step)
+        pending.append((step + 1, program.step(step)))
         step += 1
-        pending.append((step, metrics))
-        last = step == num_steps
-        do_eval = step % eval_every == 0 or last
+        do_eval = step % eval_every == 0 or step == num_steps
         do_save = do_eval or step % checkpoint_every == 0
         if step % t.log_every == 0 or do_save or step == start + 1:
-            flush()
+            write_step_records(ctx, pending)
+            pending = []
             if not program.active.any():
                 break
-            losses = [recorders[i].last_good for i in active() if recorders[i].last_good is not None]
+            losses = [recorders[i].last_good for i in ctx.active() if recorders[i].last_good is not None]
             line = progress.line(step, min(losses) if losses else None)
-            log(line if k == 1 else f"{line} | {len(active())}/{k} trials")
+            log(line if k == 1 else f"{line} | {len(ctx.active())}/{k} trials")
             if step == start + 1:  # exclude the first step (compilation) from the rate
                 progress.restart_rate(step)
         if not do_save:
@@ -632,10 +582,9 @@ def run_loop(program, problem, recorders: list, config, start: int, num_steps: i
         progress.pause()
         stop = False
         valid_all = program.evaluate("valid") if do_eval else None
-        for i in active():
+        for i in ctx.active():
             if do_eval:
-                recorders[i].last_valid = (step, valid_all[i])
-                stop |= evaluated(i, step, valid_all[i])
+                stop |= record_evaluation(ctx, i, step, valid_all[i])
             recorders[i].checkpoints.save("latest", step, program.params_of(i),
                                           program.state_of(i, step, recorders[i].sched),
                                           {"step": step, "time": time.time(), **clock.times()})
@@ -644,33 +593,110 @@ def run_loop(program, problem, recorders: list, config, start: int, num_steps: i
                 f"{v['loss']:.4f}" if program.active[i] else "-" for i, v in enumerate(valid_all)))
         progress.resume()
         if stop:
-            log(f"step {step}: learning rate halved {plateau.max_halvings + 1} times without improvement; stopping")
+            log(f"step {step}: learning rate halved {config.optim.schedule.max_halvings + 1} times without "
+                "improvement; stopping")
             break
-    flush()
+    write_step_records(ctx, pending)
     for rec in recorders:
-        rec.checkpoints.wait()
+        if rec.checkpoints is not None:
+            rec.checkpoints.wait()
+    finish_completed(ctx, step)
 
-    done = active()
+
+def write_step_records(ctx: LoopContext, pending: list) -> None:
+    """Write the step records of ``pending`` for every active trial; a trial whose step is not finite
+    is recorded as diverged at once (a resumed program skips it) and masked from then on."""
+    if not pending:
+        return
+    values = jax.device_get([m for _, m in pending])
+    for (at, _), m in zip(pending, values):
+        for i in ctx.active():
+            rec, row = ctx.recorders[i], ctx.program.row(m, i)
+            record = step_record(at, row)
+            rec.write(record)
+            if bool(row["finite"]):
+                rec.last_good = record["loss"]
+                rec.scalars("train", {n: record[n] for n in ("loss", "grad_norm", "learning_rate")}, at)
+                continue
+            rec.metrics_file.flush()
+            ctx.program.deactivate(i)
+            rec.finish(ctx.result(i, "diverged", at))
+            why = (f"diverged (loss, gradient or parameters not finite, or the loss above "
+                   f"{diverge_bound(ctx.config, ctx.problem):.4g} = train.diverge_factor x the loss of uniform "
+                   "predictions)")
+            if ctx.program.k == 1:
+                kept = rec.checkpoints.latest_step()
+                kept_s = (f"the last good checkpoint (step {kept}) is kept" if kept is not None
+                          else "before any checkpoint was saved")
+                ctx.log(f"step {at}: {why}; stopping, {kept_s}")
+            else:
+                ctx.log(f"trial {i} ({rec.workdir}): step {at}: {why}; its updates are masked from here (its "
+                        "last checkpoint, if any, is kept), the others go on")
+    for i in ctx.active():
+        ctx.recorders[i].metrics_file.flush()
+
+
+def record_evaluation(ctx: LoopContext, i: int, step: int, metrics: dict) -> bool:
+    """Record trial ``i``'s validation metrics, keep its best checkpoint, apply the plateau rule;
+    returns whether the plateau rule stops the run."""
+    rec, valid, schedule = ctx.recorders[i], metrics["loss"], ctx.config.optim.schedule
+    word_level = ctx.problem.level == "word"
+    rec.last_valid = (step, metrics)
+    record = eval_record(step, metrics, word_level, ctx.clock.times())
+    sched = rec.sched
+    select_by = ctx.select_by
+    score = valid if select_by == "valid_loss" else -metrics[select_by[len("valid_"):]]
+    improved = bool(score < float(sched["best_select"]))
+    best_v, bad, halvings, halve, stop = plateau_update(
+        float(sched["best_valid"]), int(sched["bad_evals"]), int(sched["halvings"]), valid,
+        schedule.patience, schedule.max_halvings)
+    if schedule.name != "plateau":
+        halve = stop = False
+        bad, halvings = 0, 0
+    if halve:
+        record["halved_learning_rate"] = ctx.program.halve_learning_rate(i)
+    rec.sched = {"best_valid": jnp.asarray(best_v, jnp.float32),
+                 "best_select": jnp.asarray(min(score, float(sched["best_select"])), jnp.float32),
+                 "bad_evals": jnp.asarray(bad, jnp.int32), "halvings": jnp.asarray(halvings, jnp.int32)}
+    rec.write(record, flush=True)
+    rec.scalars("valid", {"loss": valid}, step)
+    if ctx.program.k == 1:
+        ctx.log(f"step {step}: valid loss {valid:.4f}"
+                + (f" (perplexity {record['valid_perplexity']:.2f})" if word_level else "")
+                + "".join(f", {n} {v:.4f}" for n, v in metrics.items() if n != "loss"))
+    rec.sample(step, valid, ctx.program.sample(i, step, valid))
+    if improved:
+        extra = {n: v for n, v in metrics.items() if n != "loss"}
+        rec.best = {"step": step, "valid_loss": valid, "metrics": extra}
+        rec.checkpoints.save("best", step, ctx.program.params_of(i), ctx.program.state_of(i, step, rec.sched),
+                             rundir.json_safe({"step": step, "valid_loss": valid, "metrics": extra}))
+    return stop
+
+
+def finish_completed(ctx: LoopContext, step: int) -> None:
+    """The final validation and test metrics of every trial still active at ``step``, the test
+    metrics of each one's best checkpoint, and their ``result.json``."""
+    done, k, recorders = ctx.active(), ctx.program.k, ctx.recorders
     if not done:
         return
     final_valid = [recorders[i].last_valid[1] if recorders[i].last_valid[0] == step else None for i in range(k)]
     if any(final_valid[i] is None for i in done):
-        final_valid = program.evaluate("valid")
-    final_test = program.evaluate("test")
+        final_valid = ctx.program.evaluate("valid")
+    final_test = ctx.program.evaluate("test")
     # the test metrics at each trial's best checkpoint: its final parameters or the restored best
     best_test = [final_test[i] if recorders[i].best["step"] == step else None for i in range(k)]
     need = [i for i in done if recorders[i].best["step"] not in (None, step)]
     if need:
         chosen = [None] * k
         for i in need:
-            chosen[i] = best_params(recorders[i].checkpoints, program.params_of(i), log,
+            chosen[i] = best_params(recorders[i].checkpoints, ctx.program.params_of(i), ctx.log,
                                     f"trial {i}: " if k > 1 else "")
-        for i, metrics in enumerate(program.evaluate_params(chosen, "test")):
+        for i, metrics in enumerate(ctx.program.evaluate_params(chosen, "test")):
             if chosen[i] is not None:
                 best_test[i] = metrics
     for i in done:
-        recorders[i].finish(result(i, "completed", step, final_valid[i], final_test[i],
-                                   best_test[i] if recorders[i].best["step"] is not None else None))
+        recorders[i].finish(ctx.result(i, "completed", step, final_valid[i], final_test[i],
+                                       best_test[i] if recorders[i].best["step"] is not None else None))
 
 
 class Clock:
@@ -744,6 +770,7 @@ def _train_and_evaluate(config, problem, workdir: str, log) -> dict:
         log(f"resuming {workdir} at step {int(state['step'])}")
     start = int(state["step"])
     clock = Clock((float(meta.get("elapsed_s", 0.0)), float(meta.get("train_time_s", 0.0))))
+    program.at = start
     try:
         recorder.open(start, state["sched"], log)  # the resume is valid: now write
         program.load(params, state)
@@ -752,10 +779,6 @@ def _train_and_evaluate(config, problem, workdir: str, log) -> dict:
             num_steps = start  # the plateau rule already stopped this run
             log(f"{workdir}: stopped earlier by the plateau rule at step {start}")
         run_loop(program, problem, [recorder], config, start, num_steps, clock, log)
-        if recorder.result is None:  # stopped by the plateau rule at a resume: nothing left to train
-            recorder.finish(run_result("completed", start, num_steps, problem, lm_lib.num_params(params),
-                                       recorder.last_good, recorder.best, clock.times(),
-                                       t.get("select_by", "valid_loss")))
     except BaseException as e:
         # a failed save may also surface here; the run is recorded as failed either way
         save_error = recorder.checkpoints.close_after_failure()
@@ -775,28 +798,43 @@ def _train_and_evaluate(config, problem, workdir: str, log) -> dict:
 
 def load_run(workdir: str, which: str = "best", *, log=None):
     """``(model, params, vocab, config)`` of a language-model run directory, from its best (else
-    latest) checkpoint; see :func:`load_problem` for every model kind."""
-    problem, params, config = load_problem(workdir, which, log=log)
-    if models_lib.kind_name(config) != "lm":
-        raise InputError(f"{workdir} is a {models_lib.kind_name(config)} run; load_run reads language-model "
-                         "runs (use load_problem)")
-    return problem.model, params, problem.vocab, config
+    latest) checkpoint: the model is built from the run's own ``vocab.json`` (the data file need not
+    be there). Other model kinds: :func:`load_problem`."""
+    config = _read_config(workdir)
+    kind = models_lib.kind_name(config)
+    if kind != "lm":
+        raise InputError(f"{workdir} is a {kind} run; load_run reads language-model runs (use load_problem)")
+    vocab = Vocab.load(os.path.join(workdir, "vocab.json"))
+    model = make_model(config, len(vocab))
+    return model, _restore_params(workdir, config, model.init, which, log), vocab, config
 
 
 def load_problem(workdir: str, which: str = "best", *, log=None):
-    """``(problem, params, config)`` of a run directory of any model kind, from its best (else
-    latest) checkpoint; ``log`` (default: stderr) says which step is used when the newest cannot be
-    read."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    """``(problem, params, config)`` of a run directory of a generated-task kind (classifier, tagger,
+    conditioned, seq2seq): the task is generated again from the config, and the parameters come from
+    the best (else latest) checkpoint. Language models: :func:`load_run`."""
+    config = _read_config(workdir)
+    kind = models_lib.kind_name(config)
+    if kind in ("lm", "piano"):
+        raise InputError(f"{workdir} is a {kind} run; load_problem reads runs of generated tasks "
+                         "(use load_run for language models)")
+    problem = make_problem(config)
+    return problem, _restore_params(workdir, config, lambda key: problem.init(config, key), which, log), config
+
+
+def _read_config(workdir: str):
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir} has no config.json: not a run directory")
     with open(path, encoding="utf-8") as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    if config.data.kind == "music":
-        raise InputError(f"{workdir} is a piano-roll run; load_run reads language-model runs")
-    problem = make_problem(config)
-    params_like = jax.eval_shape(lambda key: problem.init(config, key), jax.random.PRNGKey(0))
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def _restore_params(workdir: str, config, init, which: str, log):
+    """The parameters of the best (else latest) checkpoint; ``log`` (default: stderr) says which step
+    is used when the newest cannot be read."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    params_like = jax.eval_shape(init, jax.random.PRNGKey(0))
     checkpoints = RunCheckpoints(workdir, config.train.max_to_keep)
     try:
         order = ("best", "latest") if which == "best" else ("latest", "best")
@@ -808,7 +846,7 @@ def load_problem(workdir: str, which: str = "best", *, log=None):
                 unreadable = e
                 continue
             if restored is not None:
-                return problem, restored[0], config
+                return restored[0]
     finally:
         checkpoints.close()
     if unreadable is not None:

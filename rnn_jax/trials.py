@@ -5,6 +5,9 @@
 program) with
 ``jax.vmap`` over the parameters, the optimizer states, the carried hidden states, the dropout
 keys and, where they differ (``train.bptt = "full"`` draws windows from the seed), the batches.
+The program is a :class:`Vmapped`, driven by the one loop (:func:`rnn_jax.train.run_loop`) with a
+:class:`rnn_jax.train.Recorder` per trial. Batches differ per trial where they depend on the seed
+(``train.bptt = "full"`` windows, and every example kind's batches).
 Each trial writes its own run directory as :func:`rnn_jax.train.train_and_evaluate` would
 (``config.json``, ``metrics.jsonl``, ``samples.txt``, checkpoints, ``result.json``), so tables
 do not depend on how a sweep ran; only ``result.json`` adds ``"vmapped": {"trials": K, "index": i}``.
@@ -248,11 +251,10 @@ def _train_trials(configs, workdirs, log) -> list:
     active[live] = True
     program = Vmapped(problem, configs, num_steps, active)
     params_list, states = list(program.fresh_params), program.fresh_states()
-    recorders = [train.Recorder(workdirs[i], checked.get(i), t.max_to_keep, {"vmapped": {"trials": k, "index": i}})
-                 for i in range(k)]
+    recorders = [train.Recorder(workdirs[i], checked.get(i), t.max_to_keep, {"vmapped": {"trials": k, "index": i}},
+                                live=i in live) for i in range(k)]
     for i in range(k):
         if i not in live:
-            recorders[i].checkpoints.close()
             recorders[i].result = earlier[i]
     live_recorders = [recorders[i] for i in live]
     start = 0

@@ -85,7 +85,7 @@ def test_example_trials_equal_separate_runs(tmp_path):
 def test_mismatched_or_unknown_settings_are_refused_by_name(tmp_path):
     config = digits_config.get_config("runlocal")
     config.model.kind = "seq2seq"
-    with pytest.raises(InputError, match=r"digits.* is a classifier task; config.model.kind = 'seq2seq'"):
+    with pytest.raises(InputError, match=r"data.kind = 'digits' cannot be trained by model.kind = 'seq2seq'"):
         train.validate_config(config)
     config.model.kind = "transformer"
     with pytest.raises(InputError, match=r"model.kind = 'transformer': must be one of 'lm', 'piano'"):
@@ -150,3 +150,32 @@ def test_the_comparison_takes_registered_tasks_and_their_metrics():
     train.validate_config(config)
     assert compare._score({"status": "completed", "select_by": "valid_sequence_accuracy",
                            "best_valid_sequence_accuracy": 0.75, "best_valid_loss": 0.1}) == 0.75
+
+
+def test_load_run_reads_the_runs_own_vocabulary_without_the_data(tmp_path):
+    from experiments.configs import char_lm
+
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    config = char_lm.get_config("runlocal")
+    config.data.path = str(text)
+    train.train_and_evaluate(config, str(tmp_path / "run"), **QUIET)
+    text.unlink()  # moved away after training
+    model, params, vocab, _ = train.load_run(str(tmp_path / "run"), log=lambda m: None)
+    assert vocab.decode(vocab.encode("lazy dog")) == "lazy dog" and model.vocab_size == len(vocab)
+    with pytest.raises(InputError, match="load_problem reads runs of generated tasks"):
+        train.load_problem(str(tmp_path / "run"))
+
+
+def test_unsupported_model_fields_of_a_kind_are_refused():
+    config = seq2seq_config.get_config("runlocal,layers=3")
+    with pytest.raises(InputError, match=r"model.num_layers = 3 is not allowed; choose one of: 1"):
+        train.validate_config(config)
+    config = digits_config.get_config("runlocal")
+    config.data.kind, config.train.select_by = "char", "valid_loss"
+    with pytest.raises(InputError, match=r"data.kind = 'char' cannot be trained by model.kind = 'classifier'"):
+        train.validate_config(config)
+    config = digits_config.get_config("task=parity,runlocal")
+    config.data.parity.colour = 1
+    with pytest.raises(InputError, match=r"data.parity: unknown option.*'colour'.*allowed: min_len"):
+        train.validate_config(config)

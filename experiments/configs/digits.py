@@ -11,8 +11,8 @@ pixels, or pixel by pixel, 64 steps of 1; the fixed 1257/270/270 split of rnn_ja
 (``pool=mean``: the mean over valid steps); full BPTT over padded batches. The best checkpoint is
 the one with the best validation accuracy.
 
-Arg string: ``task=digits,mode=row,min_len=1,max_len=20,cell=lstm,hidden=128,embed=32,layers=1,
-pool=last,steps=2000,batch=64,lr=0.003,max_norm=5,optimizer=adam,dropout=0,eval_every=250,
+Arg string (``min_len=0``: 1 for parity, 2 for brackets): ``task=digits,mode=row,min_len=0,
+max_len=20,cell=lstm,hidden=128,embed=32,layers=1,pool=last,steps=2000,batch=64,lr=0.003,max_norm=5,optimizer=adam,dropout=0,eval_every=250,
 data_seed=0,seed=0,runlocal``.
 """
 

@@ -47,16 +47,25 @@ def _digits(seed, mode="row"):
     return DigitsTask(mode=mode)
 
 
+def _dataclass_task(cls, name: str, seed: int, options: Mapping):
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name != "seed"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise InputError(f"config.data.{name}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(allowed)}")
+    return cls(seed=seed, **options)
+
+
 def _parity(seed, **options):
     from rnn_jax.data.sequence_tasks import ParityTask
 
-    return ParityTask(seed=seed, **options)
+    return _dataclass_task(ParityTask, "parity", seed, options)
 
 
 def _brackets(seed, **options):
     from rnn_jax.data.sequence_tasks import BracketsTask
 
-    return BracketsTask(seed=seed, **options)
+    return _dataclass_task(BracketsTask, "brackets", seed, options)
 
 
 def _seq2seq(name):
@@ -135,9 +144,11 @@ def make(name: str, seed: int = 0, options: Mapping | None = None):
             if unknown:
                 raise InputError(f"config.data.{name}: unknown option(s) {', '.join(map(repr, unknown))}; "
                                  f"allowed: {', '.join(allowed)}")
+    except InputError as e:
+        message = str(e)
+        raise InputError(message if message.startswith("config.") else f"config.data.{name}: {message}") from None
+    try:
         return entry.make(seed, **options)
-    except TypeError as e:  # an unknown keyword of a dataclass task
-        raise InputError(f"config.data.{name}: {e}") from None
     except InputError as e:
         message = str(e)
         raise InputError(message if message.startswith("config.") else f"config.data.{name}: {message}") from None

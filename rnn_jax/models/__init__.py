@@ -3,8 +3,8 @@
 A *model kind* turns a config into a :class:`Problem` (defined in :mod:`rnn_jax.models.base`): the
 model, its data, a training batch per step, the loss of a batch, an evaluator and a sample for
 ``samples.txt``. The loop in :mod:`rnn_jax.train` (plain runs and vmapped trials alike) knows only
-that interface, so a new kind is a new module with a ``KIND`` object and one entry below; nothing
-in the trainer changes.
+that interface, so a new kind is a new module with a ``KIND`` object and one entry below; the loop
+does not change.
 
 =============  =====================================================  ==============================
 kind           process type (cs231n lecture 10)                        data (``config.data.kind``)

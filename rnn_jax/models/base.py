@@ -33,6 +33,8 @@ from rnn_jax import cells as cells_lib
 from rnn_jax import configs as cfg
 from rnn_jax.errors import InputError
 
+NOMINAL_EPOCH = 1000  # steps per "epoch" of a task that draws fresh training examples every step
+
 
 def make_cell(config):
     """The config's cell with the model block's initialisers."""
@@ -70,10 +72,10 @@ class ExampleKind:
     jit-compatible summable scalars of one evaluation batch (decoded metrics, never teacher-forced,
     for generators); ``task.metrics(total sums)`` turns their totals into ``{"loss", ...}``.
     ``uniform_loss(model, task)``: the loss of uniform predictions (divergence bound).
-    ``sample(model, task, params, key) -> str | None`` for ``samples.txt``. ``metrics``: the
-    higher-is-better metrics the task reports, the first being the default ``select_by``.
-    ``options``: the model block's kind-specific fields and their allowed values (the first is the
-    default).
+    ``sample(model, task, params, key) -> str | None`` for ``samples.txt``. ``options``: the model
+    block's kind-specific fields and their allowed values (the first is the default); ``fixed``:
+    common model fields the kind supports at one value only (refused otherwise, naming the field).
+    The task's registry entry names its metrics.
     """
 
     name: str
@@ -82,11 +84,15 @@ class ExampleKind:
     uniform_loss: Callable
     sample: Callable | None = None
     options: dict = dataclasses.field(default_factory=dict)
+    fixed: dict = dataclasses.field(default_factory=dict)
 
     def check(self, config) -> None:
         from rnn_jax.data import registry
 
         d, t = config.data, config.train
+        if d.kind not in registry.names(self.name):
+            raise InputError(f"config.data.kind = {d.kind!r} cannot be trained by model.kind = {self.name!r}; it "
+                             f"trains {', '.join(map(repr, registry.names(self.name)))}")
         entry = registry.get(d.kind)
         if entry.model_kind != self.name:
             raise InputError(f"config.data.kind = {d.kind!r} is a {entry.model_kind} task; config.model.kind = "
@@ -97,6 +103,8 @@ class ExampleKind:
         if t.num_epochs and entry.train_size is None:
             raise InputError(f"config.train.num_epochs = {t.num_epochs}: the {d.kind} task draws fresh training "
                              "examples every step (it has no epochs); set train.num_steps instead")
+        for name, value in self.fixed.items():
+            cfg.check_choice(f"model.{name}", config.model.get(name, value), (value,))
         for name, choices in self.options.items():
             cfg.check_choice(f"model.{name}", config.model.get(name, choices[0]), choices)
         task = registry.make(d.kind, d.get("seed", 0), d.get(d.kind) or {})
@@ -149,8 +157,10 @@ class ExampleProblem(Problem):
         self.model = kind.build(config, task)
         self.data = _Fingerprint(task, config.train.eval_batch_size)
         t = config.train
+        # tasks that draw fresh examples have no epochs: a nominal one of NOMINAL_EPOCH steps (for
+        # eval_every = 0 and epoch schedules), fixed so that a resume cannot change it
         self.steps_per_epoch = (max(1, entry.train_size(task) // t.batch_size) if entry.train_size is not None
-                                else max(1, t.eval_every or 1000))
+                                else NOMINAL_EPOCH)
         self.uniform_loss = float(kind.uniform_loss(self.model, task))
         self.metrics = tuple(entry.metrics)
         self._eval_sums = kind.eval_sums(self.model, task)

@@ -432,7 +432,7 @@ def _kind():
                        lambda model, task: functools.partial(task.eval_sums, model),
                        lambda model, task: task.uniform_loss,
                        sample=lambda model, task, params, key: task.sample_text(model, params, key),
-                       options={"condition": ("both", "input", "init")})
+                       options={"condition": ("both", "input", "init")}, fixed={"variational": False})
 
 
 KIND = _kind()

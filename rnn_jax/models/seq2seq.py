@@ -368,7 +368,8 @@ def _kind():
 
     return ExampleKind("seq2seq", _build, _eval_sums, lambda model, task: math.log(model.target_vocab),
                        sample=_sample, options={"attention": ("bahdanau", "luong", "none"),
-                                                "bridge": BRIDGES, "bidirectional": (False, True)})
+                                                "bridge": BRIDGES, "bidirectional": (False, True)},
+                       fixed={"num_layers": 1, "variational": False})
 
 
 KIND = _kind()
