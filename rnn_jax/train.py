@@ -757,7 +757,6 @@ def _train_and_evaluate(config, problem, workdir: str, log) -> dict:
     num_steps = t.num_steps or t.num_epochs * problem.steps_per_epoch
     program = Single(problem, config, num_steps, Placement(bool(t.get("data_parallel", False))))
     state = program.fresh_state()
-    log(run_summary(config, problem, workdir, lm_lib.num_params(program.params), num_steps))
     recorder = Recorder(workdir, checked, t.max_to_keep)
     try:
         restored = _restore_latest(recorder.checkpoints, program.params, state, set_aside=True, log=log)
@@ -769,6 +768,7 @@ def _train_and_evaluate(config, problem, workdir: str, log) -> dict:
         params, state, meta = restored
         log(f"resuming {workdir} at step {int(state['step'])}")
     start = int(state["step"])
+    log(run_summary(config, problem, workdir, lm_lib.num_params(params), num_steps))  # then the first compile
     clock = Clock((float(meta.get("elapsed_s", 0.0)), float(meta.get("train_time_s", 0.0))))
     program.at = start
     try:
