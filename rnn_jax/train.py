@@ -49,6 +49,7 @@ from rnn_jax.data import registry as task_registry
 from rnn_jax.data.text import Vocab
 from rnn_jax.errors import InputError
 from rnn_jax.evaluate import Evaluator, make_eval_fn, nll_fn, pieces_protocol, task_loss_mask  # noqa: F401
+from rnn_jax.models.base import Problem
 from rnn_jax.models.streams import (  # noqa: F401
                                     BPTT_MODES,
                                     DATA_KINDS,
@@ -140,7 +141,7 @@ def make_problem(config):
 
 def uniform_loss(model) -> float:
     """See :func:`rnn_jax.models.streams.uniform_loss`; a problem gives its own."""
-    return model.uniform_loss if hasattr(model, "steps_per_epoch") else _model_uniform_loss(model)
+    return model.uniform_loss if isinstance(model, Problem) else _model_uniform_loss(model)
 
 
 def diverge_bound(config, problem) -> float:

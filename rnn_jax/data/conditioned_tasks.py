@@ -161,13 +161,9 @@ class DigitRowsTask:
                 "weight": np.ones(b, np.float32)}
 
     def train_batch(self, seed: int, step: int, batch_size: int) -> dict:
-        """``batch_size`` training images drawn by ``np.random.default_rng([seed, step])``, distinct
-        within the batch while ``batch_size`` ≤ 1257 (with replacement beyond)."""
-        batch_size = check_int("batch_size", batch_size, 1, what="argument")
-        rng = np.random.default_rng([check_int("seed", seed, 0, what="argument"),
-                                     check_int("step", step, 0, what="argument")])
-        train = digits.split_indices("train")
-        return self._batch(train[rng.choice(len(train), size=batch_size, replace=batch_size > len(train))])
+        """``batch_size`` training images drawn by :func:`rnn_jax.data.digits.train_draw` (the
+        classifier's draw)."""
+        return self._batch(digits.train_draw(seed, step, batch_size))
 
     def eval_batches(self, split: str, batch_size: int) -> list[dict]:
         """``split`` (``"valid"``, ``"test"``, or ``"train"``) once, in image-index order, padded to

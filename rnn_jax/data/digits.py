@@ -86,6 +86,16 @@ def split_indices(split: str) -> np.ndarray:
     return _splits()[check_split(split, SPLITS)]
 
 
+def train_draw(seed: int, step: int, batch_size: int) -> np.ndarray:
+    """Indices of ``batch_size`` training images drawn by ``np.random.default_rng([seed, step])``,
+    distinct within the batch while ``batch_size`` ≤ 1257 (with replacement beyond)."""
+    batch_size = check_int("batch_size", batch_size, 1, what="argument")
+    rng = np.random.default_rng([check_int("seed", seed, 0, what="argument"),
+                                 check_int("step", step, 0, what="argument")])
+    train = split_indices("train")
+    return train[rng.choice(len(train), size=batch_size, replace=batch_size > len(train))]
+
+
 @dataclasses.dataclass(frozen=True)
 class DigitsTask:
     """Classify 8×8 digits read as a sequence (``mode="row"``: T=8, F=8; ``"pixel"``: T=64, F=1)."""
@@ -120,14 +130,8 @@ class DigitsTask:
                 "weight": np.ones(b, np.float32)}
 
     def train_batch(self, seed: int, step: int, batch_size: int) -> dict:
-        """``batch_size`` training images drawn by ``np.random.default_rng([seed, step])``, distinct
-        within the batch while ``batch_size`` ≤ 1257 (with replacement beyond)."""
-        batch_size = check_int("batch_size", batch_size, 1, what="argument")
-        rng = np.random.default_rng([check_int("seed", seed, 0, what="argument"),
-                                     check_int("step", step, 0, what="argument")])
-        train = split_indices("train")
-        pick = rng.choice(len(train), size=batch_size, replace=batch_size > len(train))
-        return self._batch(train[pick])
+        """``batch_size`` training images drawn by :func:`train_draw`."""
+        return self._batch(train_draw(seed, step, batch_size))
 
     def eval_batches(self, split: str, batch_size: int) -> list[dict]:
         """``split`` (``"valid"``, ``"test"`` or ``"train"``) once, in index order, padded to full
@@ -140,4 +144,4 @@ class DigitsTask:
         return classification_metrics(sums)
 
 
-__all__ = ["DigitsTask", "MODES", "SPLIT_SIZES", "load_images", "split_indices"]
+__all__ = ["DigitsTask", "MODES", "SPLIT_SIZES", "load_images", "split_indices", "train_draw"]

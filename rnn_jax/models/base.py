@@ -36,6 +36,43 @@ from rnn_jax.errors import InputError
 NOMINAL_EPOCH = 1000  # steps per "epoch" of a task that draws fresh training examples every step
 
 
+def as_cell(value, field: str = "cell") -> cells_lib.Cell:
+    """A model field given as a :class:`~rnn_jax.cells.Cell` or a spec string (``"lstm:forget_bias=1.0"``)."""
+    if isinstance(value, cells_lib.Cell):
+        return value
+    if isinstance(value, str):
+        return cells_lib.from_spec(value)
+    raise InputError(f"{field} must be a Cell or a spec string (e.g. 'lstm'), got {value!r}")
+
+
+def check_impl(impl: str) -> None:
+    from rnn_jax import layers
+
+    if impl not in layers.IMPLS:
+        raise InputError(f"impl must be one of {', '.join(map(repr, layers.IMPLS))}; got {impl!r}")
+
+
+def check_inputs(model, sizes: tuple) -> None:
+    """The input fields of a model reading tokens or features (classifier, tagger): exactly one of
+    ``input_size`` and ``vocab_size``; ``embed_size`` only with tokens (default ``hidden_size``); then
+    ``sizes`` and the input sizes are positive integers. Sets ``model.cell`` from a spec string."""
+    from rnn_jax import lm
+
+    object.__setattr__(model, "cell", as_cell(model.cell))
+    if (model.input_size is None) == (model.vocab_size is None):
+        raise InputError("give exactly one of input_size (float features [B, T, F]) and vocab_size "
+                         f"(int tokens [B, T]); got input_size={model.input_size!r}, "
+                         f"vocab_size={model.vocab_size!r}")
+    if model.vocab_size is None and model.embed_size is not None:
+        raise InputError(f"embed_size={model.embed_size!r} needs token inputs (vocab_size); "
+                         "features go to the first layer as they are")
+    if model.vocab_size is not None and model.embed_size is None:
+        object.__setattr__(model, "embed_size", model.hidden_size)
+    inputs = ("input_size",) if model.vocab_size is None else ("vocab_size", "embed_size")
+    lm.check_sizes(model, (*sizes, *inputs))
+    check_impl(model.impl)
+
+
 def make_cell(config):
     """The config's cell with the model block's initialisers."""
     m = config.model
@@ -94,10 +131,6 @@ class ExampleKind:
             raise InputError(f"config.data.kind = {d.kind!r} cannot be trained by model.kind = {self.name!r}; it "
                              f"trains {', '.join(map(repr, registry.names(self.name)))}")
         entry = registry.get(d.kind)
-        if entry.model_kind != self.name:
-            raise InputError(f"config.data.kind = {d.kind!r} is a {entry.model_kind} task; config.model.kind = "
-                             f"{self.name!r} cannot train it (leave model.kind empty, or set it to "
-                             f"{entry.model_kind!r})")
         cfg.check_int("data.seed", d.get("seed", 0), minimum=0)
         cfg.check_choice("train.loss_reduction", t.loss_reduction, ("mean",))
         if t.num_epochs and entry.train_size is None:

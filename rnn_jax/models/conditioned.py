@@ -73,6 +73,7 @@ from jax import lax
 from rnn_jax import cells as cells_lib
 from rnn_jax import layers, lm
 from rnn_jax.errors import InputError
+from rnn_jax.models.base import as_cell, check_impl
 
 CONDITIONS = ("input", "init", "both")
 
@@ -129,10 +130,7 @@ class ConditionedGenerator:
     impl: str = "fused"
 
     def __post_init__(self):
-        if isinstance(self.cell, str):
-            object.__setattr__(self, "cell", cells_lib.from_spec(self.cell))
-        elif not isinstance(self.cell, cells_lib.Cell):
-            raise InputError(f"cell must be a Cell or a spec string, got {self.cell!r}")
+        object.__setattr__(self, "cell", as_cell(self.cell))
         if (self.vocab_size is None) == (self.frame_size is None):
             raise InputError("give exactly one of vocab_size (token outputs) and frame_size (float frames in "
                              f"[0, 1]); got vocab_size={self.vocab_size!r}, frame_size={self.frame_size!r}")
@@ -146,8 +144,7 @@ class ConditionedGenerator:
         lm.check_sizes(self, sizes)
         if self.condition not in CONDITIONS:
             raise InputError(f"condition must be one of {', '.join(map(repr, CONDITIONS))}; got {self.condition!r}")
-        if self.impl not in layers.IMPLS:
-            raise InputError(f"impl must be one of {', '.join(map(repr, layers.IMPLS))}; got {self.impl!r}")
+        check_impl(self.impl)
         for name in ("embed_scale", "output_scale"):
             _check_number(name, getattr(self, name), 0, strict=True)
         if self.tokens:

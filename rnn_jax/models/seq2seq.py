@@ -53,9 +53,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import cells as cells_lib
 from rnn_jax import layers
 from rnn_jax.errors import InputError
+from rnn_jax.models.base import as_cell, check_impl
 
 ATTENTIONS = ("none", "bahdanau", "luong")
 BRIDGES = ("learned", "zero")
@@ -67,14 +67,6 @@ __all__ = ["ATTENTIONS", "BRIDGES", "Seq2Seq", "masked_attention"]
 def _uniform(key, shape, fan_in: int, scale: float = 1.0):
     bound = scale / np.sqrt(fan_in)
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
-
-
-def _as_cell(value, field: str) -> cells_lib.Cell:
-    if isinstance(value, cells_lib.Cell):
-        return value
-    if isinstance(value, str):
-        return cells_lib.from_spec(value)
-    raise InputError(f"{field} must be a cell spec string (e.g. 'lstm') or a Cell, got {value!r}")
 
 
 def masked_attention(scores_BxS, mask_BxS):
@@ -122,8 +114,8 @@ class Seq2Seq:
     impl: str = "fused"
 
     def __post_init__(self):
-        object.__setattr__(self, "encoder_cell", _as_cell(self.encoder_cell, "encoder_cell"))
-        object.__setattr__(self, "decoder_cell", _as_cell(self.decoder_cell, "decoder_cell"))
+        object.__setattr__(self, "encoder_cell", as_cell(self.encoder_cell, "encoder_cell"))
+        object.__setattr__(self, "decoder_cell", as_cell(self.decoder_cell, "decoder_cell"))
         for name in ("vocab_size", "embed_size", "encoder_size", "decoder_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -136,8 +128,7 @@ class Seq2Seq:
             raise InputError(f"attention must be one of {', '.join(ATTENTIONS)}; got {self.attention!r}")
         if self.bridge not in BRIDGES:
             raise InputError(f"bridge must be one of {', '.join(BRIDGES)}; got {self.bridge!r}")
-        if self.impl not in layers.IMPLS:
-            raise InputError(f"impl must be one of {', '.join(layers.IMPLS)}; got {self.impl!r}")
+        check_impl(self.impl)
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout!r}")
         ids = (self.pad_id, self.bos_id, self.eos_id)

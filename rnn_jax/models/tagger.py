@@ -54,6 +54,7 @@ import jax.numpy as jnp
 from rnn_jax import cells as cells_lib
 from rnn_jax import layers, lm
 from rnn_jax.errors import InputError
+from rnn_jax.models.base import check_inputs
 from rnn_jax.models.classifier import SequenceClassifier
 
 
@@ -81,27 +82,9 @@ class SequenceTagger:
     impl: str = "fused"
 
     def __post_init__(self):
-        if isinstance(self.cell, str):
-            object.__setattr__(self, "cell", cells_lib.from_spec(self.cell))
-        elif not isinstance(self.cell, cells_lib.Cell):
-            raise InputError(f"cell must be a Cell or a spec string, got {self.cell!r}")
-        if (self.input_size is None) == (self.vocab_size is None):
-            raise InputError("give exactly one of input_size (float features [B, T, F]) and vocab_size "
-                             f"(int tokens [B, T]); got input_size={self.input_size!r}, "
-                             f"vocab_size={self.vocab_size!r}")
-        if self.vocab_size is None and self.embed_size is not None:
-            raise InputError(f"embed_size={self.embed_size!r} needs token inputs (vocab_size); "
-                             "features go to the first layer as they are")
-        if self.vocab_size is not None and self.embed_size is None:
-            object.__setattr__(self, "embed_size", self.hidden_size)
-        sizes = ("num_classes", "hidden_size", "num_layers",
-                 "input_size" if self.vocab_size is None else "vocab_size",
-                 *(("embed_size",) if self.vocab_size is not None else ()))
-        lm.check_sizes(self, sizes)
+        check_inputs(self, ("num_classes", "hidden_size", "num_layers"))
         if not isinstance(self.bidirectional, bool):
             raise InputError(f"bidirectional must be True or False; got {self.bidirectional!r}")
-        if self.impl not in layers.IMPLS:
-            raise InputError(f"impl must be one of {', '.join(map(repr, layers.IMPLS))}; got {self.impl!r}")
 
     # Shared with the classifier: whether the inputs are tokens, and x_BxTxF from the batch's inputs.
     tokens = SequenceClassifier.tokens
