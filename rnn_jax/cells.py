@@ -922,6 +922,9 @@ _REGISTRY: dict[str, tuple[type, dict, str]] = {
     "mut1": (MUT1Cell, {}, "Jozefowicz MUT1"),
     "mut2": (MUT2Cell, {}, "Jozefowicz MUT2"),
     "mut3": (MUT3Cell, {}, "Jozefowicz MUT3"),
+    # Defined in rnn_jax.search.cell (imported on first use: that module builds on this one).
+    "recipe": ("rnn_jax.search.cell:RecipeCell", {},
+               "a cell from a NAS-Bench-NLP recipe: recipe:path=cell.json (or recipe={...})"),
 }
 
 
@@ -947,7 +950,12 @@ def _lookup(name):
         close = difflib.get_close_matches(str(name), _REGISTRY, n=3)
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
         raise InputError(f"unknown cell {name!r}{hint}; registered cells: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    cls, fixed, desc = _REGISTRY[name]
+    if isinstance(cls, str):
+        import importlib
+        module, _, attr = cls.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+    return cls, fixed, desc
 
 
 def get(name: str | Cell, **opts) -> Cell:
