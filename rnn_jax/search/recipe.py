@@ -535,6 +535,6 @@ def functional_hash(recipe: Recipe, *, hidden_size: int = 8, batch: int = 4, ste
 
 
 def equations_order(recipe: Recipe) -> list[str]:
-    """Nodes in the order equations should be printed: inner nodes topologically, then outputs."""
-    order = topological_order(recipe)
-    return [n for n in order if not _NEW.match(n)] + sorted(n for n in order if _NEW.match(n))
+    """Nodes in the order equations should be printed: every name defined before it is read
+    (topological; ties in the recipe's order)."""
+    return topological_order(recipe)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from rnn_jax import rundir
 from rnn_jax.errors import InputError
+from rnn_jax.sweep import compile_stats
 from rnn_jax.sweep import points as points_lib
 
 DONE = ("completed", "diverged")
@@ -101,6 +102,9 @@ def run_program(config_path: str, base_arg: str | None, overrides: Sequence[Mapp
         files = [stack.enter_context(open(os.path.join(workdirs[i], "log.txt"), "a", encoding="utf-8"))
                  for i in live]
         log = _logger(files)
+        compile_stats.install()
+        counted, started = compile_stats.snapshot(), time.time()
+        stack.callback(_write_compile_stats, [workdirs[i] for i in live], counted, started)
         try:
             from rnn_jax import train as train_lib  # imported here: workers start light
             configs = [points_lib.point_config(config_path, base_arg, overrides[i]) for i in live]
@@ -124,6 +128,16 @@ def run_program(config_path: str, base_arg: str | None, overrides: Sequence[Mapp
                     rundir.write_json_atomic(path, {"status": "failed", "error": error})
                 results[i] = {"status": "failed", "error": error, "skipped": False}
     return results
+
+
+def _write_compile_stats(workdirs, counted: dict, started: float) -> None:
+    """``compile.json`` in each run dir of a program (see :mod:`rnn_jax.sweep.compile_stats`)."""
+    stats = {**compile_stats.since(counted), "wall_s": round(time.time() - started, 3), "trials": len(workdirs)}
+    for workdir in workdirs:
+        try:
+            rundir.write_json_atomic(os.path.join(workdir, "compile.json"), stats)
+        except OSError:  # a statistic is not worth failing a point over
+            pass
 
 
 def programs(config_path: str, base_arg: str | None, points: Mapping[str, Mapping[str, Any]]) -> list:

@@ -1,0 +1,166 @@
+"""Training candidates on the sweep launchers: each proposal is a set of sweep points.
+
+A proposal (:mod:`rnn_jax.search.algorithms`) asks for one recipe trained on one task with K
+hyperparameter settings. :class:`TrainingEvaluator` turns it into K points of the task's sweep,
+``<search_dir>/tasks/<task>/`` (a plain sweep directory: ``sweep.json``, ``runs/<point>/``), whose
+overrides are the cell, written inline as ``recipe:recipe={...}`` in its canonical form (so the run
+directory alone says what was trained, and recipes that differ only in node names train the same
+program), and the setting's fields. The K points differ only in trial fields (learning rate,
+clip norm, init scales, seed), so the launcher trains them as K vmapped trials of one program
+(``trials_per_program = K``). Points go to the local process pool (default) or to SLURM; either
+way a point whose ``result.json`` says completed is never trained again, and an interrupted one
+resumes from its checkpoint, which is what the search driver needs (:mod:`rnn_jax.search.driver`).
+
+Compiled programs are cached twice: JAX's persistent compilation cache (one per task's sweep
+directory, shared by the workers and across launches) serves a recurring program (a listed cell
+re-evaluated, a structure seen again) without a backend compile; and the canonical form makes
+equal structures the same program. Each run directory gets ``compile.json``
+(:mod:`rnn_jax.sweep.compile_stats`), which :meth:`TrainingEvaluator.__call__` adds to the
+results so the search can report its compile share and cache hit rate.
+
+The fitness of a proposal is the best ``metric`` (default ``best_valid_accuracy``) over its K
+trials; a trial that diverged counts with what it reached before (0 if it never evaluated); the
+proposal fails only when every trial failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from rnn_jax import rundir
+from rnn_jax.errors import InputError
+from rnn_jax.search import recipe as rlib
+
+__all__ = ["LAUNCHERS", "TrainingEvaluator", "cell_spec"]
+
+LAUNCHERS = ("local", "slurm")
+
+
+def cell_spec(recipe: Mapping) -> str:
+    """The config's cell for a recipe: ``recipe:recipe=<canonical JSON>``."""
+    return "recipe:recipe=" + rlib.to_json(rlib.canonical(recipe))
+
+
+@dataclasses.dataclass
+class TrainingEvaluator:
+    """Trains proposals as sweep points. ``task_args[task]`` is the base arg string of
+    ``config_path`` (the tasks config) for that task, e.g. ``"task=memorization,hidden=32,..."``.
+
+    ``launcher="slurm"`` submits the points as a job array (``resources``: a
+    :class:`rnn_jax.sweep.slurm.SlurmResources`) and polls the run directories every ``poll_s``
+    seconds until they are done.
+    """
+
+    search_dir: str
+    config_path: str
+    task_args: Mapping[str, str]
+    launcher: str = "local"
+    workers: int | None = None
+    resources: Any = None
+    poll_s: float = 10.0
+    metric: str = "best_valid_accuracy"
+    log: Callable[[str], None] | None = None
+
+    def __post_init__(self):
+        if self.launcher not in LAUNCHERS:
+            raise InputError(f"launcher={self.launcher!r}; allowed: {', '.join(LAUNCHERS)}")
+        if not os.path.isfile(self.config_path):
+            raise FileNotFoundError(f"config file {self.config_path} does not exist")
+        self.config_path = os.path.abspath(self.config_path)
+
+    # ---- points ---------------------------------------------------------------------------
+
+    def sweep_dir(self, task: str) -> str:
+        return os.path.join(self.search_dir, "tasks", task)
+
+    def points(self, proposal: Mapping) -> list[dict]:
+        """The K sweep points of a proposal (overrides of the task's config)."""
+        settings = list(proposal.get("hparams") or [{}])
+        spec = cell_spec(proposal["recipe"])
+        out = []
+        for setting in settings:
+            point = {"cell": spec, **{k: v for k, v in setting.items()}}
+            if len(settings) > 1:
+                point["trials_per_program"] = len(settings)
+            out.append(point)
+        return out
+
+    def run_dirs(self, proposal: Mapping) -> list[str]:
+        from rnn_jax.sweep import points as points_lib
+        sweep = self.sweep_dir(proposal["task"])
+        return [os.path.join(sweep, "runs", points_lib.point_name(p)) for p in self.points(proposal)]
+
+    # ---- evaluation -----------------------------------------------------------------------
+
+    def __call__(self, proposals: Sequence[Mapping]) -> list[dict]:
+        log = self.log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        by_task: dict[str, list] = {}
+        for p in proposals:
+            if p["task"] not in self.task_args:
+                raise InputError(f"proposal {p['id']} asks for task {p['task']!r}, which the search config"
+                                 f" does not set up; its tasks: {', '.join(self.task_args)}")
+            by_task.setdefault(p["task"], []).extend(self.points(p))
+        for task, points in by_task.items():
+            unique = list({json.dumps(p, sort_keys=True): p for p in points}.values())
+            self._launch(task, unique, log)
+        return [self._result(p) for p in proposals]
+
+    def _launch(self, task: str, points: list, log) -> None:
+        from rnn_jax.sweep import local
+        sweep = self.sweep_dir(task)
+        quiet = lambda msg: None  # noqa: E731  (the search prints its own progress)
+        if self.launcher == "local":
+            local.launch_local(sweep, self.config_path, points, base_arg=self.task_args[task],
+                               workers=self.workers, log=quiet)
+            return
+        from rnn_jax.sweep import points as points_lib
+        from rnn_jax.sweep import slurm
+        resources = self.resources or slurm.SlurmResources()
+        slurm.launch_slurm(sweep, self.config_path, points, base_arg=self.task_args[task],
+                           resources=resources, log=log)
+        dirs = [local.run_dir(sweep, points_lib.point_name(p)) for p in points]
+        waited = time.time()
+        while True:
+            states = [local.point_state(d) for d in dirs]
+            left = sum(s not in local.DONE + ("failed",) for s in states)
+            if not left:
+                return
+            if time.time() - waited > 600:
+                log(f"{task}: waiting for {left} of {len(dirs)} SLURM points ({sweep})")
+                waited = time.time()
+            time.sleep(self.poll_s)
+
+    def _result(self, proposal: Mapping) -> dict:
+        dirs = self.run_dirs(proposal)
+        results = [rundir.read_json(os.path.join(d, "result.json")) or {"status": "failed"} for d in dirs]
+        statuses = [r.get("status", "failed") for r in results]
+        scores = []
+        for r in results:
+            if r.get("status") in ("completed", "diverged"):
+                v = r.get(self.metric)
+                scores.append(float(v) if isinstance(v, (int, float)) else 0.0)
+            else:
+                scores.append(None)
+        compile_info = [rundir.read_json(os.path.join(d, "compile.json")) for d in dirs]
+        metrics: dict[str, Any] = {"statuses": statuses, "run_dirs": dirs, "scores": scores}
+        stats = [c for c in compile_info if c]
+        if stats:
+            # a program's numbers are written to each of its trials: count each program once
+            first = {json.dumps(c, sort_keys=True): c for c in stats}.values()
+            for key in ("compile_s", "wall_s", "cache_requests", "cache_hits"):
+                metrics[key] = round(sum(float(c.get(key, 0)) for c in first), 4)
+        if all(s is None for s in scores):
+            errors = [r.get("error") for r in results if r.get("error")]
+            return {"id": proposal["id"], "status": "failed", "fitness": None,
+                    "metrics": {**metrics, "error": errors[0] if errors else "no result"}}
+        best = max(range(len(scores)), key=lambda i: -1.0 if scores[i] is None else scores[i])
+        for key in ("test_accuracy", "best_valid_loss", "num_params"):
+            if key in results[best]:
+                metrics[key] = results[best][key]
+        metrics["best_setting"] = best
+        return {"id": proposal["id"], "status": "ok", "fitness": scores[best], "metrics": metrics}
