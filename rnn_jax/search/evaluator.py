@@ -79,12 +79,14 @@ class TrainingEvaluator:
         return os.path.join(self.search_dir, "tasks", task)
 
     def points(self, proposal: Mapping) -> list[dict]:
-        """The K sweep points of a proposal (overrides of the task's config)."""
+        """The K sweep points of a proposal (overrides of the task's config). A setting's keys are
+        config fields, written ``optim.learning_rate`` or ``optim/learning_rate`` (ConfigDict
+        keys cannot hold dots)."""
         settings = list(proposal.get("hparams") or [{}])
         spec = cell_spec(proposal["recipe"])
         out = []
         for setting in settings:
-            point = {"cell": spec, **{k: v for k, v in setting.items()}}
+            point = {"cell": spec, **{k.replace("/", "."): v for k, v in setting.items()}}
             if len(settings) > 1:
                 point["trials_per_program"] = len(settings)
             out.append(point)
@@ -164,3 +166,61 @@ class TrainingEvaluator:
                 metrics[key] = results[best][key]
         metrics["best_setting"] = best
         return {"id": proposal["id"], "status": "ok", "fitness": scores[best], "metrics": metrics}
+
+
+# ----------------------------------------------------------------------------- reading the runs back
+
+
+def _run_dirs(search_dir: str, task: str | None = None) -> list[str]:
+    import glob
+    pattern = os.path.join(search_dir, "tasks", task or "*", "runs", "*")
+    return sorted(d for d in glob.glob(pattern) if os.path.isdir(d))
+
+
+def compile_summary(search_dir: str) -> dict:
+    """Compile cost over every program the search trained (each ``compile.json`` once per
+    program: vmapped trials share theirs): ``programs``, ``compile_s``, ``wall_s``,
+    ``compile_share`` (compile ÷ wall), ``cache_requests``, ``cache_hits``, ``hit_rate``."""
+    programs = {}
+    for d in _run_dirs(search_dir):
+        c = rundir.read_json(os.path.join(d, "compile.json"))
+        if c:
+            programs[json.dumps(c, sort_keys=True)] = c
+    out = {"programs": len(programs)}
+    for key in ("compile_s", "wall_s", "cache_requests", "cache_hits"):
+        out[key] = round(sum(float(c.get(key, 0)) for c in programs.values()), 3)
+    out["compile_share"] = round(out["compile_s"] / out["wall_s"], 4) if out["wall_s"] else None
+    out["hit_rate"] = round(out["cache_hits"] / out["cache_requests"], 4) if out["cache_requests"] else None
+    return out
+
+
+def export_table(search_dir: str, task: str, out_dir: str) -> dict:
+    """The search's runs on ``task`` as NAS-Bench-NLP logs (:func:`rnn_jax.search.tabular.write_log`):
+    one log per recipe (its best run by validation loss), ``val_losses = [best_valid_loss]``,
+    ``test_losses = [test_loss]``, status ``OK`` for completed runs and ``failed`` otherwise.
+    Returns counts. The table can then be searched in tabular mode."""
+    from rnn_jax import cells as cells_lib
+    from rnn_jax.search import tabular
+
+    best: dict[str, tuple] = {}
+    for d in _run_dirs(search_dir, task):
+        config = rundir.read_json(os.path.join(d, "config.json"))
+        result = rundir.read_json(os.path.join(d, "result.json"))
+        if not config or not result or not str(config.get("cell", "")).startswith("recipe:"):
+            continue
+        name, opts = cells_lib.parse_spec(config["cell"])
+        recipe = cells_lib.get(name, **opts).graph
+        ok = result.get("status") == "completed" and isinstance(result.get("best_valid_loss"), float)
+        val = result.get("best_valid_loss") if ok else None
+        test = result.get("test_loss", result.get("final_test_loss")) if ok else None
+        h = rlib.structure_hash(recipe)
+        if h not in best or (ok and (best[h][1] is None or val < best[h][1])):
+            best[h] = (recipe, val, test, ok)
+    os.makedirs(out_dir, exist_ok=True)
+    counts = {"logs": 0, "ok": 0}
+    for h, (recipe, val, test, ok) in sorted(best.items()):
+        tabular.write_log(out_dir, recipe, [val] if ok else [], [test] if ok and test is not None else [],
+                          status="OK" if ok else "failed")
+        counts["logs"] += 1
+        counts["ok"] += int(ok)
+    return counts
