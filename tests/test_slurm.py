@@ -89,3 +89,22 @@ def test_a_preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path)
     a, b = _result(remote, point), _result(here, point)
     for key in ("final_train_loss", "best_valid_accuracy", "test_accuracy"):
         assert a[key] == b[key], (key, a[key], b[key])
+
+
+def test_search_evaluates_candidates_on_the_cluster(tmp_path):
+    """The architecture search's evaluator on SLURM: the same results as on the local pool."""
+    from rnn_jax.search import evaluator, known
+    from rnn_jax.search import recipe as rl
+
+    args = {"memorization": "task=memorization,runlocal"}
+    proposals = [{"id": i, "candidate": i, "recipe": r, "hash": rl.functional_hash(r), "hparams": hp,
+                  "task": "memorization", "parent": None}
+                 for i, (r, hp) in enumerate([(known.GRU, [{}]),
+                                              (known.MUT3, [{"optim/learning_rate": 0.01}, {"seed": 1}])])]
+    remote = evaluator.TrainingEvaluator(str(tmp_path / "slurm"), CONFIG, args, launcher="slurm",
+                                         resources=RESOURCES, poll_s=1.0, log=lambda m: None)
+    here = evaluator.TrainingEvaluator(str(tmp_path / "local"), CONFIG, args, workers=1, log=lambda m: None)
+    got, want = remote(proposals), here(proposals)
+    assert [r["status"] for r in got] == ["ok", "ok"]
+    assert [r["fitness"] for r in got] == [r["fitness"] for r in want]
+    assert remote(proposals)[1]["metrics"]["statuses"] == ["completed", "completed"]  # nothing resubmitted
