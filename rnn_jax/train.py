@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -247,6 +248,9 @@ def _tensorboard(workdir: str, purge_step: int | None):
         from tensorboardX import SummaryWriter
     except ImportError:
         return None
+    # A non-finite loss is recorded as a divergence (result.json); tensorboardX's warning for each
+    # such scalar would only repeat it on stderr.
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
     return SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge_step)
 
 

@@ -237,3 +237,17 @@ def test_search_trains_reports_resumes_and_exports(tmp_path):
     completed = sum(json.load(open(out / "tasks" / "memorization" / "runs" / n / "result.json"))["status"]
                     == "completed" for n in os.listdir(out / "tasks" / "memorization" / "runs"))
     assert len(table) == 5 and table.counts["ok"] == completed
+
+
+def test_a_found_cell_goes_into_the_comparison(tmp_path):
+    from rnn_jax.jozefowicz import PRESETS
+    from rnn_jax.sweep import compare
+
+    s = _state_with([(known.MUT3, 0.9), (known.GRU, 0.5)])
+    top = report.write_top(s, str(tmp_path), k=1, hidden_size=8)[0]
+    spec = f"recipe:path={top}"
+    assert compare.check_cells(["gru", "lstm", spec]) == ["gru", "lstm", spec]
+    points = compare.search_points(PRESETS["quick"], ["mut3", spec], ["xml"])
+    by_cell = {p["cell"]: p["arg"] for p in points}
+    # the recipe of MUT3 has MUT3's parameters, so the budget gives it MUT3's hidden size
+    assert by_cell[spec] == by_cell["mut3"]
