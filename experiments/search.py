@@ -48,6 +48,8 @@ _COMPARE = flags.DEFINE_integer("compare_repeats", 0, "Tabular mode: regularized
 _EXPORT = flags.DEFINE_string("export_table", "", "Write this search's trainings as NAS-Bench-NLP logs here.")
 flags.mark_flags_as_required(["config", "search_dir"])
 
+# In tabular mode a cell is one lookup: the algorithms see one task, the table.
+TABLE_TASKS = ("table",)
 TASKS_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tasks.py")
 
 
@@ -55,11 +57,13 @@ def _plain(value):
     return json.loads(json.dumps(value.to_dict() if hasattr(value, "to_dict") else value, default=list))
 
 
-def make_algorithm(c):
+def make_algorithm(c, tasks=None):
+    """The config's algorithm; ``tasks`` replaces ``c.tasks`` (tabular mode has one: the table)."""
     from rnn_jax.search import algorithms as alg
+    tasks = tuple(tasks or c.tasks)
     if c.algorithm == "jozefowicz":
         j = _plain(c.jozefowicz)
-        return alg.JozefowiczProtocol(list_size=j["list_size"], tasks=tuple(c.tasks),
+        return alg.JozefowiczProtocol(list_size=j["list_size"], tasks=tasks,
                                       filter_task=c.filter_task or None, filter_ratio=j["filter_ratio"],
                                       stage_ratio=j["stage_ratio"],
                                       reevaluate_probability=j["reevaluate_probability"],
@@ -67,9 +71,9 @@ def make_algorithm(c):
     hparams = tuple(_plain(list(c.hparams)))
     if c.algorithm == "evolution":
         e = _plain(c.evolution)
-        return alg.RegularizedEvolution(population=e["population"], sample=e["sample"], tasks=tuple(c.tasks),
+        return alg.RegularizedEvolution(population=e["population"], sample=e["sample"], tasks=tasks,
                                         hparams=hparams)
-    return alg.RandomSearch(tasks=tuple(c.tasks), hparams=hparams)
+    return alg.RandomSearch(tasks=tasks, hparams=hparams)
 
 
 def _compare(c, table, out_dir):
@@ -77,8 +81,8 @@ def _compare(c, table, out_dir):
     from rnn_jax.search import tabular
     e = _plain(c.evolution)
     algos = {"regularized evolution": alg.RegularizedEvolution(population=e["population"], sample=e["sample"],
-                                                               tasks=tuple(c.tasks)),
-             "random search": alg.RandomSearch(tasks=tuple(c.tasks))}
+                                                               tasks=TABLE_TASKS),
+             "random search": alg.RandomSearch(tasks=TABLE_TASKS)}
     started = time.time()
     curves = tabular.compare(table, algos, repeats=_COMPARE.value, budget=c.budget, seed=c.seed)
     png = tabular.plot_regret(curves, os.path.join(out_dir, "regret.png"),
@@ -132,7 +136,7 @@ def main(argv):
                                              cpus_per_task=_CPUS.value, array_parallelism=_PARALLEL.value)
         evaluate = evaluator.TrainingEvaluator(search_dir, TASKS_CONFIG, _plain(c.task_args), launcher=_LAUNCHER.value,
                                                workers=_WORKERS.value, resources=resources)
-    algorithm = make_algorithm(c)
+    algorithm = make_algorithm(c, TABLE_TASKS if c.table else None)
     started = time.time()
     if _REPORT_ONLY.value:
         if not os.path.exists(state_path):
@@ -154,8 +158,8 @@ def main(argv):
     if not c.table:
         summary["compile"] = evaluator.compile_summary(search_dir)
     rundir.write_json_atomic(os.path.join(search_dir, "summary.json"), summary)
-    print(report.markdown(paths["rows"][:5], sorted({t for r in paths["rows"] for t in r if t in c.tasks
-                                                      or t == c.filter_task})), end="")
+    shown = TABLE_TASKS if c.table else tuple(c.tasks) + ((c.filter_task,) if c.filter_task else ())
+    print(report.markdown(paths["rows"][:5], sorted({t for r in paths["rows"] for t in r if t in shown})), end="")
     line = f"{state['evaluations']} evaluations, {state['reused']} duplicates reused"
     if summary.get("evaluations_per_hour"):
         line += f", {summary['evaluations_per_hour']:.0f} evaluations/hour this session"

@@ -280,3 +280,76 @@ def test_vmapped_params_like_trials():
     assert bool(jnp.all(jnp.isfinite(grads["W_h__0_rh"])))
     one = jax.grad(_loss, 1)(cell, jax.tree.map(lambda a: a[1], params), xs, "fused")
     np.testing.assert_allclose(grads["W_h__0_rh"][1], one["W_h__0_rh"], rtol=1e-10)
+
+
+def _grads_agree(recipe, size=4, seed=0):
+    cell = cell_from_recipe(recipe)
+    params = _f64(cell.init(jax.random.PRNGKey(seed), size, size))
+    params = {k: v + 0.1 for k, v in params.items()}
+    xs = jax.random.normal(jax.random.PRNGKey(seed + 1), (2, 5, size), jnp.float64)
+    ref = jax.grad(_loss, 1)(cell, params, xs, "reference")
+    for impl in ("fused", "autodiff"):
+        got = jax.grad(_loss, 1)(cell, params, xs, impl)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, atol=1e-11, err_msg=f"{impl} {k}")
+    return cell
+
+
+def test_fused_gradients_when_projected_inputs_are_multiplied():
+    # a linear node (its input part is a slice of the projected inputs) read by a product: the
+    # fused backward pass needs that slice's values, so it must not overwrite it with gradients
+    prod = {"a": _n("linear", "x", "h_prev_0"), "b": _n("linear", "x", "h_prev_0"),
+            "bs": _n("activation_sigm", "b"), "h_new_0": _n("elementwise_prod", "a", "bs")}
+    assert not _grads_agree(prod).inputs_only_added
+    summed = {"a": _n("linear", "x", "h_prev_0"), "b": _n("linear", "h_prev_0"),
+              "s": _n("elementwise_sub", "a", "b"), "h_new_0": _n("activation_tanh", "s")}
+    assert _grads_agree(summed).inputs_only_added  # sums only: the slices' values are never read
+    three = {"a": _n("linear", "x", "h_prev_0", "h_prev_2"), "a_act": _n("activation_tanh", "a"),
+             "b": _n("linear", "a_act", "h_prev_1"), "h_new_1": _n("activation_leaky_relu", "b"),
+             "h_new_2": _n("blend", "a_act", "h_prev_2", "h_new_1"),
+             "h_new_0": _n("elementwise_prod", "h_new_1", "h_new_2")}
+    assert _grads_agree(three).num_states == 3
+
+
+def test_an_output_that_depends_on_x_only():
+    rec = {"a": _n("linear", "x", "h_prev_0", "h_prev_1"), "h_new_0": _n("activation_tanh", "a"),
+           "b": _n("linear", "x"), "h_new_1": _n("activation_tanh", "b")}
+    _grads_agree(rec)
+
+
+def test_random_recipes_and_mutants_agree_across_paths():
+    from rnn_jax.search import mutate
+    rng = np.random.default_rng(3)
+    recipes = [mutate.random_recipe(rng, num_nodes=(4, 9), num_states=(1, 2)) for _ in range(4)]
+    recipes += [mutate.mutate(known.GRU, rng), mutate.mutate(known.LSTM, rng)]
+    for j, r in enumerate(recipes):
+        _grads_agree(r, seed=j)
+
+
+def test_more_invalid_recipes():
+    chain = {"a": _n("linear", "x", "h_prev_0"), "h_new_0": _n("activation_tanh", "a"),
+             "i1": _n("identity", "h_prev_1"), "h_new_1": _n("identity", "i1")}
+    with pytest.raises(rl.RecipeError, match="h_new_1 is h_prev_1 copied through"):
+        rl.check(chain)
+    with pytest.raises(rl.RecipeError, match="contains '__'"):
+        rl.check({"a__0_b": _n("linear", "x", "h_prev_0"), "h_new_0": _n("activation_tanh", "a__0_b")})
+    with pytest.raises(rl.RecipeError, match="unknown key\\(s\\) 'scale'; allowed: op, input"):
+        rl.check({"a": _n("linear", "x", "h_prev_0", scale=2.0), "h_new_0": _n("activation_tanh", "a")})
+
+
+def test_canonical_form_is_a_fixed_point():
+    from rnn_jax.search import mutate
+    rng = np.random.default_rng(1)
+    for _ in range(150):
+        r = mutate.random_recipe(rng, num_nodes=(4, 14), num_states=(1, 2))
+        c = rl.canonical(r)
+        assert rl.canonical(c) == c
+        assert rl.structure_hash(c) == rl.structure_hash(r)
+
+
+def test_a_cell_read_from_a_file_takes_new_options(tmp_path):
+    path = tmp_path / "gru.json"
+    path.write_text(json.dumps(known.GRU))
+    cell = cells.get("recipe", path=str(path))
+    other = cells.get(cell, init_scale=0.5)
+    assert other.init_scale == 0.5 and other.graph == cell.graph

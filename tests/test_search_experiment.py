@@ -186,7 +186,8 @@ def test_tabular_search_and_comparison(tmp_path):
                  f"--search_dir={out}"])
     assert proc.returncode == 0, proc.stderr
     state = alg.load_state(str(out / "state.json"))
-    assert state["evaluations"] == 12 and (out / "leaderboard.md").exists()
+    assert state["evaluations"] == 12 and len(state["history"]) == 12  # one lookup per cell
+    assert "| table |" in (out / "leaderboard.md").read_text()
     proc = _run([f"--config={CONFIG}:table={table},algorithm=evolution,budget=10,population=5,sample=2",
                  f"--search_dir={tmp_path}/cmp", "--compare_repeats=3"])
     assert proc.returncode == 0, proc.stderr
@@ -251,3 +252,30 @@ def test_a_found_cell_goes_into_the_comparison(tmp_path):
     by_cell = {p["cell"]: p["arg"] for p in points}
     # the recipe of MUT3 has MUT3's parameters, so the budget gives it MUT3's hidden size
     assert by_cell[spec] == by_cell["mut3"]
+
+
+def test_evaluator_waits_for_a_point_another_process_trains(tmp_path):
+    """After a killed search restarts, a worker of the old one may still hold a point's run dir:
+    the evaluation waits for its result instead of counting the point as failed."""
+    import threading
+    import time as time_lib
+
+    ev = _evaluator(tmp_path, workers=1, poll_s=0.2)
+    p = _proposal(0, known.GRU)
+    workdir = ev.run_dirs(p)[0]
+    os.makedirs(workdir)
+    held = threading.Event()
+
+    def old_worker():
+        with rundir.locked(workdir):
+            held.set()
+            time_lib.sleep(3.0)
+            rundir.write_json_atomic(os.path.join(workdir, "result.json"),
+                                     {"status": "completed", "best_valid_accuracy": 0.25})
+
+    t = threading.Thread(target=old_worker)
+    t.start()
+    held.wait(10)
+    r = ev([p])[0]
+    t.join()
+    assert r["status"] == "ok" and r["fitness"] == 0.25

@@ -40,8 +40,8 @@ DEFAULTS = dict(algorithm="jozefowicz", budget=200, batch=8, seed=0, tasks="arit
                 settings=2, list_size=100, filter_ratio=0.5, stage_ratio=0.9, reevaluate=0.2, population=20,
                 sample=5, hidden=48, steps=1000, filter_hidden=32, filter_steps=300, digits=5, max_nodes=24,
                 max_states=2, min_nodes=4, nodes=12, table="", top=5, runlocal=False)
-# a smoke run: a handful of tiny trainings
-RUNLOCAL = dict(budget=6, batch=2, settings=1, population=4, sample=2, hidden=8, steps=20, filter_hidden=8,
+# a smoke run: a handful of tiny trainings (Jozefowicz: the 6 seed stages, then new candidates)
+RUNLOCAL = dict(budget=10, batch=2, settings=1, population=4, sample=2, hidden=8, steps=20, filter_hidden=8,
                 filter_steps=20, digits=2, nodes=8)
 
 # What the K settings of one evaluation may differ in: fields of the tasks config that vmapped

@@ -65,6 +65,7 @@ class _Plan:
     num_states: int
     x_weight: str | None    # a weight that reads x (gives the input size), if any
     bias: str               # a bias (gives the hidden size)
+    inputs_only_added: bool  # see RecipeCell.inputs_only_added
 
 
 def _make_plan(recipe: Mapping) -> _Plan:
@@ -84,6 +85,9 @@ def _make_plan(recipe: Mapping) -> _Plan:
         for s in recipe[n]["input"]:
             if is_hoisted(s) and s not in raw:
                 raw.append(s)
+    for i in range(k):  # an output that depends on x only is part of the step's inputs
+        if f"h_new_{i}" in hoisted and f"h_new_{i}" not in raw:
+            raw.append(f"h_new_{i}")
     hoist_sources: dict[str, list] = {}
     groups: dict[str, list] = {}
     for n in pre_nodes:
@@ -99,7 +103,30 @@ def _make_plan(recipe: Mapping) -> _Plan:
     bias = next(rlib.bias_name(n) for n in order if recipe[n]["op"] in rlib.LINEAR_OPS)
     return _Plan(tuple(order), frozenset(hoisted), tuple(loop), tuple(pre_nodes), tuple(raw),
                  tuple((s, tuple(m)) for s, m in hoist_sources.items()), group_list, group_names, k,
-                 x_weight, bias)
+                 x_weight, bias, not raw and _xin_only_added(recipe, loop, pre_nodes))
+
+
+# Ops whose gradient needs none of their inputs' values: sums and differences pass it through.
+_ADDITIVE = ("elementwise_sum", "elementwise_sub", "identity")
+
+
+def _xin_only_added(recipe, loop, pre_nodes) -> bool:
+    """Whether no value that contains a slice of ``xin`` is read by anything but a sum, a
+    difference, or a nonlinearity that goes through ``ops`` (whose backward pass uses its saved
+    output): then the fused layer may overwrite ``xin`` with its gradient (see
+    ``Cell.inputs_only_added``). A product, a blend, a leaky ReLU or a matmul of such a value
+    needs its value in the backward pass."""
+    carries = set(pre_nodes)
+    for n in loop:
+        if recipe[n]["op"] in _ADDITIVE and any(s in carries for s in recipe[n]["input"]):
+            carries.add(n)
+    for n in loop:
+        op = recipe[n]["op"]
+        if op in _ADDITIVE or op in _LOOP_ACT:
+            continue
+        if any(s in carries for s in recipe[n]["input"]):
+            return False
+    return True
 
 
 _LOOP_ACT = {"activation_tanh": "tanh", "activation_sigm": "sigmoid", "activation_relu": "relu"}
@@ -160,8 +187,10 @@ class RecipeCell(cells_lib.Cell):
         if not self.path and self.recipe is None:
             raise InputError("recipe: the cell needs path=<recipe JSON file> or recipe=<JSON object>")
         loaded = rlib.load(self.path if self.path else self.recipe)
-        # Stored as JSON text so that the cell stays hashable (it is a static argument of jit).
+        # Stored as JSON text so that the cell stays hashable (it is a static argument of jit);
+        # the file is read once, so a copy with other options (dataclasses.replace) needs no path.
         object.__setattr__(self, "recipe", json.dumps(loaded, sort_keys=False, separators=(",", ":")))
+        object.__setattr__(self, "path", "")
 
     # ---- the graph --------------------------------------------------------------------------
 
@@ -180,8 +209,9 @@ class RecipeCell(cells_lib.Cell):
 
     @property
     def inputs_only_added(self) -> bool:  # type: ignore[override]
-        # Only the hoisted parts of linear nodes are in xin when no hoisted value is read raw.
-        return not self._plan.raw
+        # True when xin holds only the hoisted parts of linear nodes and nothing downstream of
+        # them needs their values in the backward pass (_xin_only_added).
+        return self._plan.inputs_only_added
 
     @property
     def recurrent_groups(self):  # type: ignore[override]

@@ -13,9 +13,12 @@ before the next step acts on it, so a process killed at any point (SIGKILL inclu
 restart either the state before an ``ask`` (and asks again, drawing the same proposals from the
 same saved generator state), or the proposals pending (and evaluates them again), or the state
 after the ``tell``. The evaluator makes the second case cheap and exact: ``evaluate`` must be
-*idempotent per proposal id*. The real evaluator trains each proposal in a run directory named
-by its id, skips those already completed and resumes an interrupted one from its checkpoint, so
-no evaluation is lost or repeated and the final state equals that of an uninterrupted run.
+*idempotent per proposal id*. The real evaluator (:mod:`rnn_jax.search.evaluator`) trains each
+proposal as sweep points, in run directories named by a hash of what they train (the cell, the
+task's config, the setting), skips those already completed, waits for one that a killed search's
+worker is still training, and resumes an interrupted one from its checkpoint, so no evaluation is
+lost or repeated and the final state equals that of an uninterrupted run. (A re-evaluation that
+draws a setting already trained gets the stored result: the same training, not a new one.)
 
 :func:`run_in_memory` is the same loop without files (tabular benchmarks).
 """

@@ -53,7 +53,8 @@ class TrainingEvaluator:
 
     ``launcher="slurm"`` submits the points as a job array (``resources``: a
     :class:`rnn_jax.sweep.slurm.SlurmResources`) and polls the run directories every ``poll_s``
-    seconds until they are done.
+    seconds until they are done. Points that end without a result are launched again, up to
+    ``attempts`` launches in all (see :meth:`_launch`).
     """
 
     search_dir: str
@@ -63,6 +64,7 @@ class TrainingEvaluator:
     workers: int | None = None
     resources: Any = None
     poll_s: float = 10.0
+    attempts: int = 3
     metric: str = "best_valid_accuracy"
     log: Callable[[str], None] | None = None
 
@@ -113,29 +115,65 @@ class TrainingEvaluator:
         return [self._result(p) for p in proposals]
 
     def _launch(self, task: str, points: list, log) -> None:
+        """Train ``points`` until each is done (completed, diverged) or failed in this launch.
+
+        A point another process still trains (a worker of a search that was killed and restarted
+        at once holds its run directory's lock) is waited for; a point that did not run (a SLURM
+        job that died without a result: time limit, ``scancel``, a lost node) is launched again,
+        up to ``attempts`` times, after which :meth:`_result` counts it as failed."""
         from rnn_jax.sweep import local
-        sweep = self.sweep_dir(task)
-        quiet = lambda msg: None  # noqa: E731  (the search prints its own progress)
-        if self.launcher == "local":
-            local.launch_local(sweep, self.config_path, points, base_arg=self.task_args[task],
-                               workers=self.workers, log=quiet)
-            return
         from rnn_jax.sweep import points as points_lib
-        from rnn_jax.sweep import slurm
-        resources = self.resources or slurm.SlurmResources()
-        slurm.launch_slurm(sweep, self.config_path, points, base_arg=self.task_args[task],
-                           resources=resources, log=log)
-        dirs = [local.run_dir(sweep, points_lib.point_name(p)) for p in points]
+        sweep = self.sweep_dir(task)
+        dirs = {points_lib.point_name(p): local.run_dir(sweep, points_lib.point_name(p)) for p in points}
+        todo = list(points)
+        for attempt in range(self.attempts):
+            submitted = time.time()
+            if self.launcher == "local":
+                local.launch_local(sweep, self.config_path, todo, base_arg=self.task_args[task],
+                                   workers=self.workers, log=lambda msg: None)  # the search logs its own
+            else:
+                from rnn_jax.sweep import slurm
+                slurm.launch_slurm(sweep, self.config_path, todo, base_arg=self.task_args[task],
+                                   resources=self.resources or slurm.SlurmResources(), log=log)
+            self._wait([dirs[points_lib.point_name(p)] for p in todo], task, log)
+            todo = [p for p in todo if not self._finished(dirs[points_lib.point_name(p)], submitted)]
+            if not todo:
+                return
+            log(f"{task}: {len(todo)} point(s) ended without a result; launching them again"
+                f" ({attempt + 2} of {self.attempts})" if attempt + 1 < self.attempts else
+                f"{task}: {len(todo)} point(s) ended without a result after {self.attempts} launches;"
+                f" counted as failed")
+
+    def _finished(self, workdir: str, since: float) -> bool:
+        """Done, or failed after ``since`` (an older failure is the one a relaunch retries)."""
+        from rnn_jax.sweep import local
+        state = local.point_state(workdir)
+        if state in local.DONE:
+            return True
+        if state == "failed":
+            try:
+                return os.path.getmtime(os.path.join(workdir, "result.json")) >= since - 1.0
+            except OSError:
+                return False
+        return False
+
+    def _wait(self, dirs: list, task: str, log) -> None:
+        """Poll until no point is being trained (locked) or, on SLURM, queued."""
+        from rnn_jax.sweep import local
         waited = time.time()
         while True:
-            states = [local.point_state(d) for d in dirs]
-            left = sum(s not in local.DONE + ("failed",) for s in states)
-            if not left:
+            busy = [d for d in dirs if local.point_state(d) == "running" or (self.launcher == "slurm"
+                                                                               and self._queued(d))]
+            if not busy:
                 return
             if time.time() - waited > 600:
-                log(f"{task}: waiting for {left} of {len(dirs)} SLURM points ({sweep})")
+                log(f"{task}: waiting for {len(busy)} of {len(dirs)} points ({self.sweep_dir(task)})")
                 waited = time.time()
             time.sleep(self.poll_s)
+
+    def _queued(self, workdir: str) -> bool:
+        from rnn_jax.sweep import local, slurm
+        return slurm._queued(workdir) and local.point_state(workdir) not in local.DONE
 
     def _result(self, proposal: Mapping) -> dict:
         dirs = self.run_dirs(proposal)
@@ -153,7 +191,7 @@ class TrainingEvaluator:
         stats = [c for c in compile_info if c]
         if stats:
             # a program's numbers are written to each of its trials: count each program once
-            first = {json.dumps(c, sort_keys=True): c for c in stats}.values()
+            first = {c.get("program") or json.dumps(c, sort_keys=True): c for c in stats}.values()
             for key in ("compile_s", "wall_s", "cache_requests", "cache_hits"):
                 metrics[key] = round(sum(float(c.get(key, 0)) for c in first), 4)
         if all(s is None for s in scores):
@@ -185,7 +223,7 @@ def compile_summary(search_dir: str) -> dict:
     for d in _run_dirs(search_dir):
         c = rundir.read_json(os.path.join(d, "compile.json"))
         if c:
-            programs[json.dumps(c, sort_keys=True)] = c
+            programs[c.get("program") or json.dumps(c, sort_keys=True)] = c
     out = {"programs": len(programs)}
     for key in ("compile_s", "wall_s", "cache_requests", "cache_hits"):
         out[key] = round(sum(float(c.get(key, 0)) for c in programs.values()), 3)

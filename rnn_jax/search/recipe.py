@@ -156,8 +156,16 @@ def check(recipe: Any, *, max_nodes: int = MAX_NODES, max_states: int = MAX_STAT
             raise RecipeError(f"{origin}: node names are non-empty strings, got {name!r}")
         if name == "x" or _PREV.match(name):
             raise RecipeError(f"{origin}: {name!r} is an input of the cell and cannot be defined as a node")
+        if "__" in name:
+            raise RecipeError(f"{origin}: node name {name!r} contains '__', which parameter names use as a"
+                              f" separator; rename the node")
         if not isinstance(spec, Mapping) or "op" not in spec or "input" not in spec:
             raise RecipeError(f"{origin}: node {name!r} must be {{'op': ..., 'input': [...]}}, got {spec!r}")
+        allowed_keys = ("op", "input", "scale") if spec["op"] == "linear_identity" else ("op", "input")
+        extra_keys = sorted(set(spec) - set(allowed_keys))
+        if extra_keys:
+            raise RecipeError(f"{origin}: node {name!r} ({spec['op']}) has unknown key(s)"
+                              f" {', '.join(map(repr, extra_keys))}; allowed: {', '.join(allowed_keys)}")
         op, inputs = spec["op"], spec["input"]
         if op not in OPS:
             raise RecipeError(f"{origin}: node {name!r} has unknown op {op!r}; allowed: {', '.join(OPS)}")
@@ -207,9 +215,11 @@ def check(recipe: Any, *, max_nodes: int = MAX_NODES, max_states: int = MAX_STAT
         raise RecipeError(f"{origin}: node{'s' if len(dead) > 1 else ''} {', '.join(map(repr, dead))}"
                           f" reach{'' if len(dead) > 1 else 'es'} no output h_new_*")
     for i in range(k):
-        node = out[f"h_new_{i}"]
-        if node["op"] == "identity" and node["input"][0] in sources:
-            raise RecipeError(f"{origin}: h_new_{i} is {node['input'][0]} copied through unchanged;"
+        src = f"h_new_{i}"
+        while src in out and out[src]["op"] == "identity":  # follow identity chains
+            src = out[src]["input"][0]
+        if src in sources:
+            raise RecipeError(f"{origin}: h_new_{i} is {src} copied through unchanged;"
                               f" an output must be computed")
     if not any(n["op"] in LINEAR_OPS for n in out.values()):
         raise RecipeError(f"{origin}: no linear node; a cell without parameters cannot learn")
@@ -453,21 +463,20 @@ def _signatures(recipe: Recipe) -> dict[str, str]:
 def canonical(recipe: Recipe) -> Recipe:
     """The recipe with identity nodes removed, equal non-linear nodes merged, commutative inputs
     sorted and inner nodes renamed ``n0, n1, ...`` in an order fixed by structure."""
-    recipe = _drop_identities(check(recipe, max_nodes=10**6, max_states=10**6))
-    sig = _signatures(recipe)
-    # Merge nodes with equal signatures (same op on the same values): keep an output name if one is.
-    keep: dict[str, str] = {}
-    for name in topological_order(recipe):
-        s = sig[name]
-        if s not in keep or (_NEW.match(name) and not _NEW.match(keep[s])):
-            keep[s] = name
-    alias = {}
-    for name in recipe:
-        winner = keep[sig[name]]
-        if winner != name and not _NEW.match(name):
-            alias[name] = winner
-    merged = {n: {**node, "input": [alias.get(i, i) for i in node["input"]]}
-              for n, node in recipe.items() if n not in alias}
+    merged = _drop_identities(check(recipe, max_nodes=10**6, max_states=10**6))
+    while True:  # merge nodes with equal signatures until none are left (names never matter)
+        sig = _signatures(merged)
+        keep: dict[str, str] = {}  # signature -> the node kept (an output name if one is)
+        for name in topological_order(merged):
+            s = sig[name]
+            if s not in keep or (_NEW.match(name) and not _NEW.match(keep[s])):
+                keep[s] = name
+        alias = {name: keep[sig[name]] for name in merged
+                 if keep[sig[name]] != name and not _NEW.match(name)}
+        if not alias:
+            break
+        merged = {n: {**node, "input": [alias.get(i, i) for i in node["input"]]}
+                  for n, node in merged.items() if n not in alias}
     depth = {"x": 0, **{f"h_prev_{i}": 0 for i in range(num_states(merged))}}
     for name in topological_order(merged):
         depth[name] = 1 + max(depth[i] for i in merged[name]["input"])

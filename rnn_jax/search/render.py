@@ -1,7 +1,7 @@
 r"""Recipes for people: equations as text, and a drawing of the graph.
 
 :func:`equations` writes one line per node, in :func:`rnn_jax.search.recipe.equations_order`
-(inner nodes topologically, then ``h_new_0, h_new_1, ...``), each ``name = expression`` with the
+(topological: every name is defined before it is read, outputs included), each ``name = expression`` with the
 ``=`` signs aligned. For a node ``n`` with inputs ``a, b, c`` (in order):
 
 ===========================  ==============================================================

@@ -5,7 +5,8 @@ Everything here reads the search state (:mod:`rnn_jax.search.algorithms`) only::
     <out_dir>/leaderboard.md     rank, hash, fitness, fitness per task, parameters, nodes, equations
     <out_dir>/leaderboard.csv    the same, one row per candidate
     <out_dir>/fitness.png        each evaluation's fitness and the best so far, against evaluations
-    <out_dir>/top/rank<r>-<hash>.json   the best recipes: cells.get("recipe", path=...) reads them
+    <out_dir>/top/rank<r>-<hash>.json   the best recipes now: cells.get("recipe", path=...) reads them
+    <out_dir>/cells/<hash>.json         the same recipes under stable names (for configs)
 
 A row names the hand-written cell it computes (``gru``, ``lstm``, ...) when its functional hash is
 that of the cell's recipe (:mod:`rnn_jax.search.known`).
@@ -91,18 +92,33 @@ def markdown(rows: Sequence[Mapping], tasks: Sequence[str], top: int = 20) -> st
 
 
 def write_top(state: Mapping, out_dir: str, *, k: int = 5, hidden_size: int = 32) -> list[str]:
-    """The ``k`` best recipes as ``top/rank<r>-<hash>.json``; returns their paths."""
+    """The ``k`` best recipes as ``top/rank<r>-<hash>.json`` (the current ranking: rank files of
+    an earlier report are removed) and ``cells/<hash>.json`` (the same content, never removed or
+    changed: the path to put in a config). Returns the ``top`` paths.
+
+    The file's ``recipe`` is the canonical form, the one the search trained, so its parameter
+    names match the checkpoints in the search's run directories; ``recipe_as_found`` keeps the
+    node names of the search."""
+    import glob
     rows = leaderboard(state, hidden_size=hidden_size)[:k]
-    top = os.path.join(out_dir, "top")
+    top, stable = os.path.join(out_dir, "top"), os.path.join(out_dir, "cells")
     os.makedirs(top, exist_ok=True)
+    os.makedirs(stable, exist_ok=True)
     paths = []
     for r in rows:
         c = state["candidates"][str(r["candidate"])]
+        canon = rlib.canonical(c["recipe"])
+        record = {"recipe": canon, "hash": r["hash"], "fitness": r["fitness"], "results": c["results"],
+                  "cell": r["cell"] or None, "equations": _equation_lines(canon), "recipe_as_found": c["recipe"]}
         path = os.path.join(top, f"rank{r['rank']}-{r['hash']}.json")
-        rundir.write_json_atomic(path, {"recipe": c["recipe"], "hash": r["hash"], "fitness": r["fitness"],
-                                        "results": c["results"], "cell": r["cell"] or None,
-                                        "equations": _equation_lines(c["recipe"])})
+        rundir.write_json_atomic(path, record)
+        cell_path = os.path.join(stable, f"{r['hash']}.json")
+        if not os.path.exists(cell_path):
+            rundir.write_json_atomic(cell_path, {k: v for k, v in record.items() if k not in ("fitness", "results")})
         paths.append(path)
+    for old in glob.glob(os.path.join(top, "rank*.json")):
+        if old not in paths:
+            os.remove(old)
     return paths
 
 
@@ -113,21 +129,24 @@ def plot_fitness(state: Mapping, path: str, title: str = "") -> str:
     import matplotlib.pyplot as plt
 
     history = state.get("history", [])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     tasks = sorted({row[2] for row in history})
     for j, task in enumerate(tasks):
         pts = [(row[0], row[3]) for row in history if row[2] == task and isinstance(row[3], (int, float))]
         if pts:
             xs, ys = zip(*pts)
-            ax.scatter(xs, ys, s=8, alpha=0.45, color=f"C{j}", label=f"{task} (one evaluation)")
-    curve = [(i + 1, v) for i, v in enumerate(state.get("curve", [])) if isinstance(v, (int, float))]
-    if curve:
-        xs, ys = zip(*curve)
-        ax.step(xs, ys, where="post", color="black", lw=1.8, label="best candidate fitness so far")
+            ax.scatter(xs, ys, s=8, alpha=0.45, color=f"C{j}", label=task)
     ax.set_xlabel("evaluations (trainings)")
-    ax.set_ylabel("fitness")
+    ax.set_ylabel("each evaluation's result (accuracy)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", title="one evaluation", title_fontsize=8)
+    curve = [(i + 1, v) for i, v in enumerate(state.get("curve", [])) if isinstance(v, (int, float))]
+    if curve:  # the candidates' fitness may be another quantity (Jozefowicz: a ratio to GRU)
+        right = ax.twinx()
+        xs, ys = zip(*curve)
+        right.step(xs, ys, where="post", color="black", lw=1.8, label="best candidate fitness so far")
+        right.set_ylabel("best candidate fitness so far")
+        right.legend(fontsize=8, loc="lower right")
     ax.set_title(title or "search fitness")
     fig.tight_layout()
     tmp = f"{path}.tmp-{os.getpid()}.png"

@@ -7,12 +7,12 @@ process that adds them up; :func:`snapshot` and :func:`since` give the totals of
 :func:`rnn_jax.sweep.local.run_program` writes to each run directory as ``compile.json``::
 
     {"compile_s": 1.8, "trace_s": 0.3, "lower_s": 0.2, "backend_s": 1.3, "cache_requests": 4,
-     "cache_hits": 3, "wall_s": 5.2, "trials": 2}
+     "cache_hits": 3, "wall_s": 5.2, "trials": 2, "program": "3f2a9c0d1e4b"}
 
 ``compile_s`` is the sum of the three steps; ``cache_hits / cache_requests`` is the persistent
 cache's hit rate (requests are only counted when the cache is on: the local launcher turns it on
 for a sweep directory, ``<sweep_dir>/jax_cache``). A vmapped program's numbers are shared by its
-``trials``.
+``trials`` (and ``program``, an id per program). A resumed run keeps its last session's record.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import os
 import sys
 import time
 import traceback
+import uuid
 from typing import Any, Callable, Mapping, Sequence
 
 from rnn_jax import rundir
@@ -132,7 +133,8 @@ def run_program(config_path: str, base_arg: str | None, overrides: Sequence[Mapp
 
 def _write_compile_stats(workdirs, counted: dict, started: float) -> None:
     """``compile.json`` in each run dir of a program (see :mod:`rnn_jax.sweep.compile_stats`)."""
-    stats = {**compile_stats.since(counted), "wall_s": round(time.time() - started, 3), "trials": len(workdirs)}
+    stats = {**compile_stats.since(counted), "wall_s": round(time.time() - started, 3), "trials": len(workdirs),
+             "program": uuid.uuid4().hex[:12]}  # the trials of one program share the record
     for workdir in workdirs:
         try:
             rundir.write_json_atomic(os.path.join(workdir, "compile.json"), stats)
