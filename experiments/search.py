@@ -86,7 +86,8 @@ def _compare(c, table, out_dir):
     started = time.time()
     curves = tabular.compare(table, algos, repeats=_COMPARE.value, budget=c.budget, seed=c.seed)
     png = tabular.plot_regret(curves, os.path.join(out_dir, "regret.png"),
-                              f"{table.counts.get('ok', len(table))} cells, {_COMPARE.value} repeats each")
+                              f"a table of {len(table)} cells ({table.counts.get('ok', len(table))} trained to"
+                              f" the end), {_COMPARE.value} repeats each")
     out = {"table": table.directory, "entries": len(table), "budget": c.budget, "repeats": _COMPARE.value,
            "seconds": round(time.time() - started, 1), "curves": curves}
     from rnn_jax import rundir
@@ -157,12 +158,16 @@ def main(argv):
                        evaluations_per_hour=round(done / hours, 1) if hours > 0 and done else None)
     if not c.table:
         summary["compile"] = evaluator.compile_summary(search_dir)
+    if _REPORT_ONLY.value:  # keep the last session's throughput
+        previous = rundir.read_json(os.path.join(search_dir, "summary.json")) or {}
+        summary.update({k: v for k, v in previous.items() if k.startswith(("session_", "evaluations_per_hour"))})
     rundir.write_json_atomic(os.path.join(search_dir, "summary.json"), summary)
     shown = TABLE_TASKS if c.table else tuple(c.tasks) + ((c.filter_task,) if c.filter_task else ())
     print(report.markdown(paths["rows"][:5], sorted({t for r in paths["rows"] for t in r if t in shown})), end="")
     line = f"{state['evaluations']} evaluations, {state['reused']} duplicates reused"
     if summary.get("evaluations_per_hour"):
-        line += f", {summary['evaluations_per_hour']:.0f} evaluations/hour this session"
+        line += (f", {summary['evaluations_per_hour']:.0f} evaluations/hour"
+                 f" {'in its last session' if _REPORT_ONLY.value else 'this session'}")
     comp = summary.get("compile")
     if comp and comp.get("wall_s"):
         hit = f"{comp['hit_rate']:.0%}" if comp.get("hit_rate") is not None else "n/a"

@@ -279,3 +279,52 @@ def test_evaluator_waits_for_a_point_another_process_trains(tmp_path):
     r = ev([p])[0]
     t.join()
     assert r["status"] == "ok" and r["fitness"] == 0.25
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL the real search (trainings on the local pool) at several moments; the resumed
+    search ends with the state of one that was never stopped, and trained no point twice."""
+    import signal
+    import time as time_lib
+
+    arg = (f"--config={CONFIG}:runlocal,algorithm=evolution,tasks=memorization,budget=8,batch=2,population=3,"
+           "sample=2")
+    ref = _run([arg, f"--search_dir={tmp_path}/ref", "--workers=2"])
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    env = {k: v for k, v in os.environ.items() if k != cli.TRACEBACK_ENV}
+    env["JAX_PLATFORMS"] = "cpu"
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-m", "experiments.search", arg, f"--search_dir={out}",
+                                 "--workers=2"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        time_lib.sleep(float(rng.uniform(4.0, 12.0)))
+        if proc.poll() is not None:
+            break
+        os.killpg(proc.pid, signal.SIGKILL)  # the search and its pool workers
+        proc.wait()
+        kills += 1
+    final = _run([arg, f"--search_dir={out}", "--workers=2"])
+    assert final.returncode == 0, final.stderr
+    assert kills >= 2
+    want = alg.load_state(str(tmp_path / "ref" / "state.json"))
+    got = alg.load_state(str(out / "state.json"))
+    for key in ("history", "candidates", "population", "evaluations", "curve"):
+        assert got[key] == want[key], key
+    runs = out / "tasks" / "memorization" / "runs"
+    assert sorted(os.listdir(runs)) == sorted(os.listdir(tmp_path / "ref" / "tasks" / "memorization" / "runs"))
+    for name in os.listdir(runs):  # each point trained to its end once: one summary line per session
+        assert json.load(open(runs / name / "result.json"))["status"] in ("completed", "diverged")
+
+
+def test_a_recurring_structure_is_served_by_the_compile_cache(tmp_path):
+    ev = _evaluator(tmp_path, workers=1)
+    first, again = (_proposal(i, known.MUT3, [{"optim/learning_rate": lr}]) for i, lr in enumerate((0.01, 0.003)))
+    assert [r["status"] for r in ev([first])] == ["ok"]
+    r = ev([again])[0]  # the same cell with another learning rate: another run, the same programs
+    stats = json.load(open(os.path.join(ev.run_dirs(again)[0], "compile.json")))
+    assert r["status"] == "ok" and stats["cache_requests"] > 0
+    assert stats["cache_hits"] == stats["cache_requests"]

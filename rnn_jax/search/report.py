@@ -135,20 +135,23 @@ def plot_fitness(state: Mapping, path: str, title: str = "") -> str:
         pts = [(row[0], row[3]) for row in history if row[2] == task and isinstance(row[3], (int, float))]
         if pts:
             xs, ys = zip(*pts)
-            ax.scatter(xs, ys, s=8, alpha=0.45, color=f"C{j}", label=task)
+            ax.scatter(xs, ys, s=8, alpha=0.45, color=f"C{j}", label=f"{task}: one evaluation")
     ax.set_xlabel("evaluations (trainings)")
     ax.set_ylabel("each evaluation's result (accuracy)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", title="one evaluation", title_fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
     curve = [(i + 1, v) for i, v in enumerate(state.get("curve", [])) if isinstance(v, (int, float))]
     if curve:  # the candidates' fitness may be another quantity (Jozefowicz: a ratio to GRU)
         right = ax.twinx()
         xs, ys = zip(*curve)
         right.step(xs, ys, where="post", color="black", lw=1.8, label="best candidate fitness so far")
         right.set_ylabel("best candidate fitness so far")
-        right.legend(fontsize=8, loc="lower right")
+        h2, l2 = right.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
     ax.set_title(title or "search fitness")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     tmp = f"{path}.tmp-{os.getpid()}.png"
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
