@@ -129,7 +129,7 @@ def plot_fitness(state: Mapping, path: str, title: str = "") -> str:
     import matplotlib.pyplot as plt
 
     history = state.get("history", [])
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     tasks = sorted({row[2] for row in history})
     for j, task in enumerate(tasks):
         pts = [(row[0], row[3]) for row in history if row[2] == task and isinstance(row[3], (int, float))]
@@ -145,13 +145,13 @@ def plot_fitness(state: Mapping, path: str, title: str = "") -> str:
         right = ax.twinx()
         xs, ys = zip(*curve)
         right.step(xs, ys, where="post", color="black", lw=1.8, label="best candidate fitness so far")
-        right.set_ylabel("best candidate fitness so far")
+        right.set_ylabel("best fitness so far")
         h2, l2 = right.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     ax.set_title(title or "search fitness")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.04 * ((len(handles) + 1) // 2) + 0.02, 1, 1))
     tmp = f"{path}.tmp-{os.getpid()}.png"
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
