@@ -928,9 +928,15 @@ _REGISTRY: dict[str, tuple[type, dict, str]] = {
 }
 
 
+# Entries that build a cell only from options (get("recipe", path=...)): not in names().
+_NEEDS_OPTIONS = ("recipe",)
+
+
 def names() -> tuple[str, ...]:
-    """All registered cell names."""
-    return tuple(_REGISTRY)
+    """The registered cells that ``get(name)`` builds without options (every hand-written cell).
+    ``"recipe"`` (a cell from a recipe, :mod:`rnn_jax.search.cell`) is registered too, but needs
+    ``path=`` or ``recipe=``; :func:`describe` lists it."""
+    return tuple(n for n in _REGISTRY if n not in _NEEDS_OPTIONS)
 
 
 def options(name: str) -> tuple[str, ...]:

@@ -535,3 +535,24 @@ def test_driver_resumes_after_sigkill_without_losing_or_repeating(tmp_path):
     assert sorted(int(name.split(".")[0]) for name in markers) == sorted(ids)
     assert final == reference  # history, population, fitnesses: all as in one uninterrupted run
     assert final["population"] == reference["population"] and len(final["population"]) == 6
+
+
+def test_a_state_reloaded_from_its_file_goes_on_as_in_memory(tmp_path):
+    """Mutations draw nodes in the recipe's key order: the saved state must keep that order."""
+    space = A.FreeSpace(max_nodes=16, num_nodes=(4, 8))
+    algo = A.RegularizedEvolution(population=3, sample=2)
+
+    def fitness(p):
+        return {"id": p["id"], "status": "ok", "fitness": int(p["hash"][:4], 16) / 65536.0, "metrics": {}}
+
+    def run(reload: bool):
+        state = algo.init(5)
+        for _ in range(8):
+            state, props = algo.ask(state, space, 2)
+            if reload:
+                A.save_state(str(tmp_path / "s.json"), state)
+                state = A.load_state(str(tmp_path / "s.json"), algo)
+            state = algo.tell(state, [fitness(p) for p in props])
+        return state
+
+    assert run(True)["history"] == run(False)["history"]

@@ -251,7 +251,7 @@ def test_registry_spelling_and_errors(tmp_path):
     path = tmp_path / "cell.json"
     path.write_text(json.dumps({"recipe": known.GRU, "hash": "x"}))
     cell = cells.get("recipe", path=str(path))
-    assert cell.graph == known.GRU and "recipe" in cells.names()
+    assert cell.graph == known.GRU and "recipe" in cells.describe() and "recipe" not in cells.names()
     name, opts = cells.parse_spec(f"recipe:path={path}")
     assert cells.get(name, **opts) == cell
     assert cells.from_spec(f"recipe:path={path}", init_scale=0.5).init_scale == 0.5

@@ -81,7 +81,6 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from rnn_jax.errors import InputError
-from rnn_jax.rundir import write_json_atomic
 from rnn_jax.search import recipe as rlib
 
 __all__ = [
@@ -901,8 +900,18 @@ def fitness_curve(state: Mapping) -> list:
 
 
 def save_state(path: str, state: Mapping) -> None:
-    """Write the state to ``path`` atomically (temporary file, fsync, rename)."""
-    write_json_atomic(os.fspath(path), state)
+    """Write the state to ``path`` atomically (temporary file, fsync, rename).
+
+    Keys keep their order (no sorting), so a loaded state is the state in memory, key order
+    included: recipes are dicts whose node order the mutations draw from, and a search resumed
+    from the file must draw what the uninterrupted one drew."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=1, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def load_state(path: str, algorithm=None) -> dict:
