@@ -271,9 +271,10 @@ def test_progress_excludes_the_compiling_first_step_and_shows_elapsed_time(monke
 # ----------------------------------------------------------------------------- Ctrl-C
 
 def _interruptible():
-    """In the child before exec: SIGINT handled by default and not blocked, as a shell starts a
-    command. A child inherits an ignored or blocked SIGINT, and in CI's test workers the runs
-    ignored every SIGINT (they trained to the end), though not in one process here."""
+    """In the child before exec: SIGINT handled by default and not blocked, as an interactive
+    shell starts a command. A child inherits an ignored SIGINT, and a non-interactive shell starts
+    its background jobs (``cmd &``) with SIGINT ignored: a test suite launched that way saw every
+    run ignore SIGINT and train to the end."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 

@@ -282,6 +282,14 @@ train.train_and_evaluate(config, {workdir!r}, log=lambda m: print(m, flush=True)
 """
 
 
+def _interruptible():
+    """In the child before exec: SIGINT handled by default (a suite started as a background job of
+    a non-interactive shell, ``cmd &``, passes SIGINT on ignored, and the SIGINT stops would do
+    nothing)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
 def _run_killed(workdir, corpus_path, steps, kills, seed, signals=(signal.SIGKILL,), second_writer_every=0):
     """Run the training ``kills`` times, stopping it with a signal drawn from ``signals`` after a
     random number of steps, then once to the end. Every ``second_writer_every``-th time, a second
@@ -292,7 +300,7 @@ def _run_killed(workdir, corpus_path, steps, kills, seed, signals=(signal.SIGKIL
     done_kills = refused = 0
     while True:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env=env)
+                                stderr=subprocess.DEVNULL, text=True, env=env, preexec_fn=_interruptible)
         if done_kills < kills:
             # kill after a random number of completed steps past the first one it prints
             target = int(rng.integers(2, 8))
