@@ -270,22 +270,19 @@ def test_progress_excludes_the_compiling_first_step_and_shows_elapsed_time(monke
 
 # ----------------------------------------------------------------------------- Ctrl-C
 
-def _interruptible():
-    """In the child before exec: SIGINT handled by default and not blocked, as an interactive
-    shell starts a command. A child inherits an ignored SIGINT, and a non-interactive shell starts
-    its background jobs (``cmd &``) with SIGINT ignored: a test suite launched that way saw every
-    run ignore SIGINT and train to the end."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+# ``python -m MODULE ARGS`` with SIGINT raising KeyboardInterrupt, as an interactive shell starts a
+# command: a child inherits an ignored SIGINT, and a non-interactive shell starts its background
+# jobs (``cmd &``) with SIGINT ignored, so a suite launched that way saw every run ignore SIGINT.
+_MAIN = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
 
 
 def test_ctrl_c_during_the_first_compile_exits_130(tmp_path):
     path = write_corpus(tmp_path / "text.txt")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.train", "--config=experiments/configs/char_lm.py:runlocal",
+        [sys.executable, "-c", _MAIN, "experiments.train", "--config=experiments/configs/char_lm.py:runlocal",
          f"--config.data.path={path}", "--config.model.hidden_size=256", "--config.model.num_layers=2",
-         f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_interruptible)
+         f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()  # the run's summary, printed before the first step compiles
     assert "parameters" in line, line
     proc.send_signal(signal.SIGINT)

@@ -271,7 +271,10 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_pa
 # ----------------------------------------------------------------------------- SIGKILL
 
 _CHILD = """
-import sys
+import signal, sys
+# SIGINT raises KeyboardInterrupt even when the suite was started with SIGINT ignored (a background
+# job of a non-interactive shell, `cmd &`, passes it on ignored, and the SIGINT stops would do nothing)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {root!r})
 from rnn_jax import train
 from tests.lm_helpers import tiny_config
@@ -280,14 +283,6 @@ config.optim.schedule.name = "cosine"
 config.model.dropout = 0.2
 train.train_and_evaluate(config, {workdir!r}, log=lambda m: print(m, flush=True))
 """
-
-
-def _interruptible():
-    """In the child before exec: SIGINT handled by default (a suite started as a background job of
-    a non-interactive shell, ``cmd &``, passes SIGINT on ignored, and the SIGINT stops would do
-    nothing)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 
 
 def _run_killed(workdir, corpus_path, steps, kills, seed, signals=(signal.SIGKILL,), second_writer_every=0):
@@ -300,7 +295,7 @@ def _run_killed(workdir, corpus_path, steps, kills, seed, signals=(signal.SIGKIL
     done_kills = refused = 0
     while True:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env=env, preexec_fn=_interruptible)
+                                stderr=subprocess.DEVNULL, text=True, env=env)
         if done_kills < kills:
             # kill after a random number of completed steps past the first one it prints
             target = int(rng.integers(2, 8))
