@@ -512,13 +512,6 @@ def table_csv(comp: dict, tasks: Sequence[str] | None = None, cells: Sequence[st
     return buf.getvalue()
 
 
-def _savefig_atomic(fig, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-
-
 def plot_task_curves(runs: Sequence[Run], comp: dict, out_dir: str, tasks: Sequence[str] | None = None,
                      cells: Sequence[str] | None = None) -> list[str]:
     """For each task, ``<out_dir>/curves_<task>.png``: the validation metric (``valid_accuracy``
@@ -558,19 +551,10 @@ def plot_task_curves(runs: Sequence[Run], comp: dict, out_dir: str, tasks: Seque
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(out_dir, f"curves_{task}.png")
-        _savefig_atomic(fig, path)
+        rundir.save_figure_atomic(fig, path)
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_report(sweep_dir: str, out_dir: str | None = None, tasks: Sequence[str] | None = None,
@@ -598,11 +582,11 @@ def write_report(sweep_dir: str, out_dir: str | None = None, tasks: Sequence[str
     paths = {"table_md": os.path.join(out_dir, "table.md"), "table_tex": os.path.join(out_dir, "table.tex"),
              "table_csv": os.path.join(out_dir, "table.csv"),
              "comparison_json": os.path.join(out_dir, "comparison.json")}
-    _write_text_atomic(paths["table_md"], markdown)
-    _write_text_atomic(paths["table_tex"], table_latex(comp, tasks=tasks, cells=cells))
-    _write_text_atomic(paths["table_csv"], table_csv(comp, tasks=tasks, cells=cells))
+    rundir.write_text_atomic(paths["table_md"], markdown)
+    rundir.write_text_atomic(paths["table_tex"], table_latex(comp, tasks=tasks, cells=cells))
+    rundir.write_text_atomic(paths["table_csv"], table_csv(comp, tasks=tasks, cells=cells))
     pending = [r.workdir for r in runs if r.result is None]
-    _write_text_atomic(paths["comparison_json"],
+    rundir.write_text_atomic(paths["comparison_json"],
                        json.dumps(json_safe({"sweep_dir": sweep_dir, "num_runs": len(runs), "pending": pending,
                                               "failed": [w for w, _ in failed], "comparison": comp}),
                                   indent=2, sort_keys=True, allow_nan=False) + "\n")

@@ -195,6 +195,37 @@ def write_json_atomic(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8, newlines as given) to a temporary file and rename it over ``path``."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_figure_atomic(fig, path, **savefig_kwargs) -> str:
+    """Save a matplotlib figure as a PNG at ``path`` atomically (a temporary file in the same
+    directory, renamed over it; removed if saving fails); creates the parent directory. The file
+    is opened with ``open`` (not ``mkstemp``), so it gets the umask's mode. Returns ``path``."""
+    import uuid
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            fig.savefig(f, format="png", **savefig_kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def read_json(path: str, strict: bool = False):
     """The JSON in ``path``; ``None`` when it is missing or unreadable (a torn or hand-edited file),
     or with ``strict``, an :class:`InputError` for content that is not JSON."""

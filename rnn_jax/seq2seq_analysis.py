@@ -36,14 +36,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-import uuid
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 
-from rnn_jax import decoding
+from rnn_jax import decoding, rundir
 from rnn_jax.data.seq2seq_tasks import EOS_ID, EVAL_SPLITS, Seq2SeqTask, decoded_metrics
 from rnn_jax.errors import InputError
 
@@ -177,24 +175,6 @@ def _figure(figsize):
     return fig
 
 
-def _save_png(fig, path) -> str:
-    """Writes ``fig`` as a PNG at ``path`` atomically; creates the parent directory."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # opened with open() rather than mkstemp, so the file gets the umask's mode (mkstemp's is 0600)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def plot_accuracy_vs_length(curves: Mapping[str, Mapping[int, Mapping]], path, *, title: str | None = None,
                             metric: str = "sequence_accuracy", train_range: tuple[int, int] | None = None) -> str:
     """One PNG: ``metric`` against the source length, one line with markers per label.
@@ -246,7 +226,7 @@ def plot_accuracy_vs_length(curves: Mapping[str, Mapping[int, Mapping]], path, *
     ax.legend(fontsize=9)
     if title:
         ax.set_title(title)
-    return _save_png(fig, path)
+    return rundir.save_figure_atomic(fig, path)
 
 
 def attention_examples(model, params, task: Seq2SeqTask, split: str = "test", *, count: int = 4,
@@ -360,7 +340,7 @@ def plot_attention(examples: Sequence[Mapping[str, Any]], path, *, columns: int 
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
     if title:
         fig.suptitle(title)
-    return _save_png(fig, path)
+    return rundir.save_figure_atomic(fig, path)
 
 
 def _joined(tokens: Sequence[str]) -> str:

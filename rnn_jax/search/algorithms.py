@@ -452,20 +452,26 @@ class RandomSearch(_Algorithm):
 
     def tell(self, state: Mapping, results: Sequence[Mapping]) -> dict:
         """Record results; a candidate is done when all its tasks are."""
-        self._check_state(state, "tell")
-        self._check_results(state, results)
-        s = _thaw(state)
-        for result in results:
-            proposal, _ = self._record(s, result)
-            cid = proposal["candidate"]
-            if all(t in s["candidates"][str(cid)]["results"] for t in self.tasks):
-                self._finish(s, cid)
-            self._resolve_waiting(s)
-            self._tick(s)
-        return s
+        return _tell_all_tasks(self, state, results)
 
     def _fitness(self, s, rec):
         return _mean_fitness(self.tasks, rec)
+
+
+def _tell_all_tasks(algo, state: Mapping, results: Sequence[Mapping]) -> dict:
+    """``tell`` of the algorithms that evaluate a candidate on all of ``algo.tasks`` at once: each
+    result is recorded, and a candidate with a result on every task is finished."""
+    algo._check_state(state, "tell")
+    algo._check_results(state, results)
+    s = _thaw(state)
+    for result in results:
+        proposal, _ = algo._record(s, result)
+        cid = proposal["candidate"]
+        if all(t in s["candidates"][str(cid)]["results"] for t in algo.tasks):
+            algo._finish(s, cid)
+        algo._resolve_waiting(s)
+        algo._tick(s)
+    return s
 
 
 def _check_common(algo) -> None:
@@ -571,17 +577,7 @@ class RegularizedEvolution(_Algorithm):
 
     def tell(self, state: Mapping, results: Sequence[Mapping]) -> dict:
         """Record results; a finished candidate joins the population and the oldest leaves."""
-        self._check_state(state, "tell")
-        self._check_results(state, results)
-        s = _thaw(state)
-        for result in results:
-            proposal, _ = self._record(s, result)
-            cid = proposal["candidate"]
-            if all(t in s["candidates"][str(cid)]["results"] for t in self.tasks):
-                self._finish(s, cid)
-            self._resolve_waiting(s)
-            self._tick(s)
-        return s
+        return _tell_all_tasks(self, state, results)
 
     def _fitness(self, s, rec):
         return _mean_fitness(self.tasks, rec)

@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from typing import Mapping
 
 import numpy as np
 
+from rnn_jax import rundir
 from rnn_jax.errors import InputError
 from rnn_jax.search import recipe as rlib
 
@@ -271,22 +271,6 @@ def _spline(points: list):
     return Path(verts, [Path.MOVETO] + [Path.CURVE4] * (len(verts) - 1))
 
 
-def _save_png(fig, path) -> str:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def plot_graph(recipe, path, title: str | None = None) -> str:
     """Draws the recipe's graph as a PNG at ``path`` (written atomically); returns the path.
 
@@ -377,4 +361,4 @@ def plot_graph(recipe, path, title: str | None = None) -> str:
     for m, text in enumerate(meanings):
         ax.text(width / 2, -box_h / 2 - margin * 0.5 - 0.25 * m - 0.1, text, ha="center", va="center",
                 fontsize=8, color="#444444")
-    return _save_png(fig, path)
+    return rundir.save_figure_atomic(fig, path)

@@ -71,15 +71,6 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def markdown(rows: Sequence[Mapping], tasks: Sequence[str], top: int = 20) -> str:
     head = ["rank", "hash", "cell", "fitness", *tasks, "params", "nodes", "equations"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -152,10 +143,8 @@ def plot_fitness(state: Mapping, path: str, title: str = "") -> str:
         fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     ax.set_title(title or "search fitness")
     fig.tight_layout(rect=(0, 0.04 * ((len(handles) + 1) // 2) + 0.02, 1, 1))
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
+    rundir.save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -166,7 +155,7 @@ def write_report(state: Mapping, out_dir: str, *, hidden_size: int, top_k: int =
     tasks = sorted({t for cid, c in state.get("candidates", {}).items() for t in (c.get("results") or {})})
     rows = leaderboard(state, hidden_size=hidden_size, tasks=tasks)
     md = os.path.join(out_dir, "leaderboard.md")
-    _write_text(md, markdown(rows, tasks))
+    rundir.write_text_atomic(md, markdown(rows, tasks))
     buf = io.StringIO()
     fields = ["rank", "candidate", "hash", "cell", "fitness", *tasks, "params", "nodes", "states", "parent",
               "equations"]
@@ -174,7 +163,7 @@ def write_report(state: Mapping, out_dir: str, *, hidden_size: int, top_k: int =
     writer.writeheader()
     writer.writerows(rows)
     path_csv = os.path.join(out_dir, "leaderboard.csv")
-    _write_text(path_csv, buf.getvalue())
+    rundir.write_text_atomic(path_csv, buf.getvalue())
     png = plot_fitness(state, os.path.join(out_dir, "fitness.png"), title)
     top = write_top(state, out_dir, k=top_k, hidden_size=hidden_size)
     return {"markdown": md, "csv": path_csv, "png": png, "top": top, "rows": rows}

@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from rnn_jax import rundir
 from rnn_jax.errors import InputError
 from rnn_jax.rundir import write_json_atomic
 from rnn_jax.search import recipe as rlib
@@ -456,11 +457,4 @@ def plot_regret(curves: Mapping, path: str, title: str = "") -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(frameon=False)
     fig.tight_layout()
-    path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        fig.savefig(f, format="png")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return rundir.save_figure_atomic(fig, path)
