@@ -4,7 +4,9 @@ The decoders are generic. A model is any hashable object (it is a static argumen
 with
 
 * ``encode(params, src [B, S], src_lengths [B]) -> memory`` (a pytree whose leaves all have the
-  batch as leading axis),
+  batch as leading axis, with ``memory["mask"] [B, S]`` marking the positions attention may read),
+* optionally ``check_source(src, src_lengths)``, for a source that is not a batch of token ids (the
+  captioner's images: :mod:`rnn_jax.models.captioner`),
 * ``initial_state(params, memory) -> state`` (same convention),
 * ``decode_step(params, state, token [B], memory) -> (logits [B, V], state', attention [B, S])``,
 * integer attributes ``pad_id``, ``bos_id``, ``eos_id``.
@@ -82,14 +84,14 @@ def _log_probs(model, logits_BxV):
 
 
 def _start(model, params, src_BxS, src_lengths_B):
-    memory = model.encode(params, jnp.asarray(src_BxS, jnp.int32), jnp.asarray(src_lengths_B, jnp.int32))
+    memory = model.encode(params, src_BxS, src_lengths_B)
     return memory, model.initial_state(params, memory)
 
 
 def _run(model, params, src_BxS, src_lengths_B, max_len: int, choose):
     """The loop of greedy decoding and sampling; ``choose(t, logp [B, V]) -> tokens [B]``."""
     memory, state = _start(model, params, src_BxS, src_lengths_B)
-    batch, src_len = src_BxS.shape
+    batch, src_len = memory["mask"].shape
     init = dict(
         t=jnp.asarray(0, jnp.int32), state=state,
         token=jnp.full((batch,), model.bos_id, jnp.int32),
@@ -122,7 +124,9 @@ def _run(model, params, src_BxS, src_lengths_B, max_len: int, choose):
     return Decoded(out["tokens"], out["lengths"], out["log_probs"], out["attention"])
 
 
-def _check_src(src_BxS, src_lengths_B):
+def _check_src(model, src_BxS, src_lengths_B):
+    if hasattr(model, "check_source"):
+        return model.check_source(src_BxS, src_lengths_B)
     if jnp.ndim(src_BxS) != 2 or jnp.shape(src_lengths_B) != jnp.shape(src_BxS)[:1]:
         raise InputError(f"src must be [batch, source length] and src_lengths [batch]; got shapes"
                          f" {jnp.shape(src_BxS)} and {jnp.shape(src_lengths_B)}")
@@ -131,7 +135,7 @@ def _check_src(src_BxS, src_lengths_B):
 def greedy(model, params, src_BxS, src_lengths_B, *, max_len: int) -> Decoded:
     """Greedy decoding: ``y_t = argmax_y p(y | y_<t, x)`` until EOS or ``max_len`` tokens (jitted)."""
     _check_int("max_len", max_len)
-    _check_src(src_BxS, src_lengths_B)
+    _check_src(model, src_BxS, src_lengths_B)
     return _greedy(model, params, src_BxS, src_lengths_B, max_len=max_len)
 
 
@@ -148,7 +152,7 @@ def sample(model, params, src_BxS, src_lengths_B, key, *, max_len: int, temperat
     Step ``t`` draws with ``fold_in(key, t)``; ``log_probs`` are those of the model (temperature 1).
     """
     _check_int("max_len", max_len)
-    _check_src(src_BxS, src_lengths_B)
+    _check_src(model, src_BxS, src_lengths_B)
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
         raise InputError(f"temperature must be a number > 0 (use greedy for argmax), got {temperature!r}")
     return _sample(model, params, src_BxS, src_lengths_B, key, jnp.float32(temperature), max_len=max_len)
@@ -171,7 +175,7 @@ def beam_search(model, params, src_BxS, src_lengths_B, *, beam_size: int, max_le
     """Batched beam search with the GNMT length penalty (module docstring); ``K = beam_size`` (jitted)."""
     _check_int("max_len", max_len)
     _check_int("beam_size", beam_size)
-    _check_src(src_BxS, src_lengths_B)
+    _check_src(model, src_BxS, src_lengths_B)
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha >= 0:
         raise InputError(f"alpha (length penalty exponent) must be a number >= 0, got {alpha!r}")
     return _beam_search(model, params, src_BxS, src_lengths_B, jnp.float32(alpha), beam_size=beam_size,
@@ -182,7 +186,7 @@ def beam_search(model, params, src_BxS, src_lengths_B, *, beam_size: int, max_le
 def _beam_search(model, params, src_BxS, src_lengths_B, alpha, *, beam_size: int, max_len: int) -> Beams:
     K = beam_size
     memory, _ = _start(model, params, src_BxS, src_lengths_B)
-    batch = src_BxS.shape[0]
+    batch = memory["mask"].shape[0]
     memory = _tile(memory, K)                       # [B·K, ...], beam k of example b at b·K + k
     state = model.initial_state(params, memory)
     neg_inf = jnp.float32(-jnp.inf)

@@ -33,7 +33,8 @@ from rnn_jax.data.tasks import TASKS
 
 # every registered task of another model kind (classifier, tagger, conditioned, seq2seq), with its
 # default options: the comparison (experiments/compare.py --tasks=...) runs them through this config
-EXAMPLE_TASKS = tuple(name for name in registry.names() if registry.get(name).model_kind != "lm")
+# (karpathy reads a dataset the user has: train it through experiments/configs/caption.py)
+EXAMPLE_TASKS = tuple(name for name in registry.names() if registry.get(name).model_kind != "lm" and name != "karpathy")
 ALL_TASKS = TASKS + ("ptb", "music") + EXAMPLE_TASKS  # ptb and music read files: data_path=...
 DEFAULTS = dict(task="arithmetic", cell="lstm", hidden=128, layers=1, steps=3000, batch=20, seq_len=35, lr=0.5,
                 init=1.0, max_norm=5.0, optimizer="sgd", init_style="uniform", digits=8, negative=0.0,

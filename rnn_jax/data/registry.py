@@ -92,6 +92,24 @@ def _tagging(name):
     return make
 
 
+def _scenes(seed, **options):
+    from rnn_jax.data.scenes import make_task
+
+    return make_task(seed, **options)
+
+
+def _karpathy(seed, **options):
+    from rnn_jax.data.karpathy import KarpathyTask
+
+    return _dataclass_task(KarpathyTask, "karpathy", seed, options)
+
+
+def _sort_of_clevr(seed, **options):
+    from rnn_jax.data.sort_of_clevr import make_task
+
+    return make_task(seed, **options)
+
+
 def _stream(name):
     def make(seed, **options):
         raise InputError(f"{name} is a character-stream task: the lm kind builds it (rnn_jax.data.tasks)")
@@ -117,6 +135,13 @@ TASKS: dict[str, TaskEntry] = {e.name: e for e in (
     TaskEntry("sort", "seq2seq", _seq2seq("sort"), ("sequence_accuracy", "token_accuracy"), doc="the source sorted"),
     TaskEntry("addition", "seq2seq", _seq2seq("addition"), ("sequence_accuracy", "token_accuracy"),
               doc="the sum of two numbers written as digits"),
+    TaskEntry("digit_scenes", "caption", _scenes, ("bleu_4", "cider_d", "rouge_l", "attribute_recall"),
+              doc="caption coloured handwritten digits on a canvas ('a red three left of a blue seven')"),
+    TaskEntry("karpathy", "caption", _karpathy, ("bleu_4", "cider_d", "rouge_l"),
+              train_size=lambda task: task.num_images("train"),
+              doc="Flickr8k/30k/COCO in the Karpathy-split JSON layout (images or precomputed features)"),
+    TaskEntry("sort_of_clevr", "vqa", _sort_of_clevr, ("accuracy", "relational_accuracy", "nonrelational_accuracy"),
+              doc="Sort-of-CLEVR questions about coloured squares and circles"),
 )}
 
 

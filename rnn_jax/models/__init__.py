@@ -15,6 +15,9 @@ kind           process type (cs231n lecture 10)                        data (``c
 ``tagger``     many-to-many, synced: a label per step                  ``bracket_depth``
 ``conditioned`` one-to-many: a sequence from a vector                  ``digit_rows``, ``spell``
 ``seq2seq``    many-to-many through an encoder and a decoder           ``reverse``, ``sort``, ``addition``
+``caption``    one-to-many from an image: CNN, then a decoder that     ``digit_scenes``, ``karpathy``
+               is conditioned on it or attends to its regions
+``vqa``        an image and a question to an answer (attention)        ``sort_of_clevr``
 =============  =====================================================  ==============================
 
 ``config.model.kind`` may be left out (or empty): the kind then follows from ``data.kind``
@@ -35,6 +38,8 @@ KINDS = {
     "tagger": "rnn_jax.models.tagger",
     "conditioned": "rnn_jax.models.conditioned",
     "seq2seq": "rnn_jax.models.seq2seq",
+    "caption": "rnn_jax.models.captioner",
+    "vqa": "rnn_jax.models.vqa",
 }
 
 

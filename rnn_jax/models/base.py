@@ -112,7 +112,8 @@ class ExampleKind:
     ``sample(model, task, params, key) -> str | None`` for ``samples.txt``. ``options``: the model
     block's kind-specific fields and their allowed values (the first is the default); ``fixed``:
     common model fields the kind supports at one value only (refused otherwise, naming the field).
-    The task's registry entry names its metrics.
+    The task's registry entry names its metrics. ``evaluator(problem, trials) -> fn(params, split)``
+    replaces the summed evaluation when a metric is not a sum over batches (corpus BLEU, CIDEr).
     """
 
     name: str
@@ -120,6 +121,7 @@ class ExampleKind:
     eval_sums: Callable
     uniform_loss: Callable
     sample: Callable | None = None
+    evaluator: Callable | None = None
     options: dict = dataclasses.field(default_factory=dict)
     fixed: dict = dataclasses.field(default_factory=dict)
 
@@ -217,6 +219,8 @@ class ExampleProblem(Problem):
         return mean, (mean, carry)
 
     def evaluator(self, place=None, trials: bool = False):
+        if self.kind.evaluator is not None:
+            return self.kind.evaluator(self, trials)
         return ExampleEvaluator(self, trials)
 
     def sample(self, params, key, step: int, valid_loss: float):
