@@ -14,7 +14,7 @@ import os
 from absl import flags
 
 from experiments import cli
-from rnn_jax import train
+from rnn_jax import models, train
 from rnn_jax.errors import InputError
 
 _RUN = flags.DEFINE_string("run", None, "A caption or vqa run directory.")
@@ -29,7 +29,7 @@ def main(argv):
     from rnn_jax import attention_figures
 
     problem, params, config = train.load_problem(_RUN.value)
-    kind = config.model.get("kind") or ""
+    kind = models.kind_name(config)
     if _NUM.value < 1:
         raise InputError(f"--num={_NUM.value}: must be >= 1")
     if kind == "caption":

@@ -2,10 +2,10 @@ r"""Pictures of soft attention over an image grid: the captioner's ``α_t`` per 
 model's glimpses per question, as the lecture's slides show them.
 
 A location's weight is spread over the pixels of its grid cell (:meth:`ImageEncoder.region`'s cells:
-``s_y × s_x`` pixels each) and shown as a white glow: with ``a = α / max α`` per pixel, a panel is
-``image · (0.3 + 0.7 a) + 0.45 a`` (clipped to 1), so the most attended cell is the brightest and an
-unattended one is dimmed, on dark and light backgrounds alike. Only image inputs have pixels to draw
-on.
+``s × s`` pixels, ``s`` the product of the CNN's strides) and shown as a white glow: with
+``a = α / max α`` per pixel, a panel is ``image · (0.3 + 0.7 a) + 0.45 a`` (clipped to 1), so the
+most attended cell is the brightest and an unattended one is dimmed, on dark and light backgrounds
+alike. Only image inputs have pixels to draw on.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def upsample(alpha_L, encoder) -> np.ndarray:
         raise InputError("attention overlays need image inputs (precomputed features have no pixels)")
     (h, w), (H, W) = encoder.grid, encoder.shape[:2]
     grid = np.asarray(alpha_L, np.float32).reshape(h, w)
-    rows = np.minimum((np.arange(H) * h) // H, h - 1)
-    cols = np.minimum((np.arange(W) * w) // W, w - 1)
+    rows = np.minimum(np.arange(H) // encoder.cell_size, h - 1)
+    cols = np.minimum(np.arange(W) // encoder.cell_size, w - 1)
     return grid[rows][:, cols]
 
 

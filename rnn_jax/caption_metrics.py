@@ -57,6 +57,14 @@ def _join(text) -> str:
     return " ".join(tokenize(text))
 
 
+def require_pycocoevalcap() -> None:
+    """``ImportError`` with the install line unless pycocoevalcap can be imported."""
+    try:
+        import pycocoevalcap  # noqa: F401
+    except ImportError as e:
+        raise ImportError("captioning metrics need pycocoevalcap: pip install 'rnn_jax[caption]'") from e
+
+
 def coco_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
     """``bleu_1`` … ``bleu_4``, ``cider_d`` (×10 scale) and ``rouge_l`` of ``hypotheses[i]`` against
     ``references[i]`` (at least one string each), over all the images (module docstring)."""

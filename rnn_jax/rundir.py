@@ -136,6 +136,8 @@ def exclusive(workdir: str) -> Iterator[None]:
 FIELD_KINDS = {
     # where the data live: a resumed run may move them (corpus.json checks that the data are the same)
     "data.path": "location", "data.dir": "location",
+    "data.karpathy.json_path": "location", "data.karpathy.image_dir": "location",
+    "data.karpathy.features": "location",
     # how the same computation is carried out
     "data.tfds_data_dir": "execution",
     "trials_per_program": "execution",  # a trial's run directory is a plain run's (rnn_jax.trials)

@@ -158,7 +158,7 @@ def _numpy_rnn_captioner(model, p, batch):
 @pytest.mark.parametrize("attention,kw", [("soft", {}), ("soft", {"gate": False}), ("none", {}),
                                           ("none", {"condition": "input"}), ("none", {"condition": "init"})])
 def test_the_captioner_matches_numpy(attention, kw):
-    model = _captioner(attention, **kw)
+    model = _captioner(attention, penalty=0.5, **kw)
     params = model.init(jax.random.PRNGKey(1))
     if "gate" in params:  # a non-trivial gate
         params["gate"] = {"w": jnp.linspace(-1, 1, 5), "b": jnp.float32(0.3)}
@@ -210,7 +210,7 @@ def test_decoding_an_image_under_jit_agrees_with_teacher_forcing():
     beams = decoding.beam_search(model, params, feats, None, beam_size=1, max_len=5, alpha=0.0)
     np.testing.assert_array_equal(beams.tokens[:, 0], out.tokens)
     beams = decoding.beam_search(model, params, feats, None, beam_size=3, max_len=5, alpha=0.0)
-    assert np.all(beams.log_probs[:, 0] >= out.log_probs - 1e-5)   # beam search finds at least greedy's score
+    assert beams.tokens.shape == (4, 3, 5) and np.all(np.diff(np.asarray(beams.scores), axis=1) <= 1e-6)
     with pytest.raises(InputError, match="features must have shape"):
         decoding.greedy(model, params, feats[:, :1], None, max_len=5)
 
@@ -405,3 +405,73 @@ def test_the_comparison_and_reports_take_the_new_tasks():
         config = tasks_config.get_config(f"task={task},cell=gru,runlocal")
         assert (config.model.kind, config.train.select_by) == (kind, f"valid_{registry.get(task).metrics[0]}")
         train.validate_config(config)
+
+
+def test_several_questions_per_image_are_answered_from_their_own_image():
+    from rnn_jax.data import sort_of_clevr
+
+    task = sort_of_clevr.make_task(0, questions_per_image=3)
+    batch = task.train_batch(0, 4, 7)
+    assert batch["images"].shape == (3, 75, 75, 3) and batch["image_index"].tolist() == [0, 0, 0, 1, 1, 1, 2]
+    rgb = dict(zip(sort_of_clevr.COLORS, sort_of_clevr.COLOR_RGB))
+    for b in range(7):   # the horizontal answers read from the question's own image
+        words = task.decode_question(batch["question"][b]).split()
+        if batch["qtype"][b] == 1:
+            colour = next(w for w in words if w in rgb)
+            image = batch["images"][batch["image_index"][b]]
+            x = np.nonzero(np.all(np.abs(image - np.asarray(rgb[colour])) < 0.02, -1))[1].mean()
+            assert task.answers[batch["answer"][b]] == ("left" if x < 37.5 else "right")
+    enc = ImageEncoder("images", (75, 75, 3), channels=(3,), strides=(4,))
+    model = VQAModel(enc, "gru", vocab_size=len(task.question_vocab), num_answers=task.num_answers, hidden_size=6,
+                     embed_size=3, glimpses=1, mlp_size=8)
+    params = model.init(jax.random.PRNGKey(0))
+    repeated = dict(batch, images=batch["images"][batch["image_index"]])
+    del repeated["image_index"]
+    np.testing.assert_allclose(model.forward(params, batch)[0], model.forward(params, repeated)[0], rtol=1e-4,
+                               atol=1e-6)
+    config = vqa_config.get_config("runlocal")
+    config.train.data_parallel = True
+    with pytest.raises(InputError, match="questions_per_image"):
+        train.validate_config(config)
+
+
+def test_the_attention_penalty_is_trained_but_not_reported_as_the_loss(tmp_path):
+    # many locations: with λ = 1 the penalty alone is far above the divergence bound (10 ln V)
+    config = caption_config.get_config("runlocal,penalty=1,width=80,steps=2,eval_every=2")
+    problem = train.make_problem(config)
+    params = problem.init(config, jax.random.PRNGKey(0))
+    batch, _ = problem.batch(config, 0)
+    objective, (reported, _) = problem.loss(params, None, batch, None)
+    _, sums = problem.model.loss(params, batch)
+    assert reported == pytest.approx(float(sums["nll"] / sums["count"]))
+    assert objective > 10 * np.log(problem.model.vocab_size) > reported
+    result = train.train_and_evaluate(config, str(tmp_path), **QUIET)
+    assert result["status"] == "completed"
+
+
+def test_padded_evaluation_batches_do_not_change_the_caption_metrics():
+    config = caption_config.get_config("runlocal")
+    problem = train.make_problem(config)
+    params = problem.init(config, jax.random.PRNGKey(0))
+    from rnn_jax.models.captioner import CaptionEvaluator
+
+    whole = CaptionEvaluator(problem.model, problem.task_obj, beam_size=2, beam_alpha=0.0, batch_size=16,
+                             test_batch_size=16)(params, "valid")
+    padded = CaptionEvaluator(problem.model, problem.task_obj, beam_size=2, beam_alpha=0.0, batch_size=5,
+                              test_batch_size=5)(params, "valid")   # 16 = 5 + 5 + 5 + 1 (4 padding rows)
+    assert set(whole) == set(padded)
+    for key, value in whole.items():
+        assert padded[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
+    config.model.beam_size = 0
+    with pytest.raises(InputError, match="model.beam_size"):
+        train.validate_config(config)
+
+
+def test_a_karpathy_dataset_without_a_validation_split_is_refused(tmp_path):
+    _write_karpathy(tmp_path, with_images=False)
+    data = json.loads((tmp_path / "data.json").read_text())
+    data["images"] = [im for im in data["images"] if im["split"] != "val"]
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r'no images in the valid split \(split "val"\)'):
+        registry.make("karpathy", 0, {"json_path": str(tmp_path / "data.json"),
+                                      "features": str(tmp_path / "feats.npz")})

@@ -256,6 +256,10 @@ class KarpathyTask:
         splits = _read_json(self.json_path, self.max_images)
         if not splits["train"].filenames:
             raise InputError(f"{self.json_path}: no images in the train split (split \"train\" or \"restval\")")
+        for split, value in (("valid", "val"), ("test", "test")):
+            if not splits[split].filenames:  # training evaluates on both
+                raise InputError(f"{self.json_path}: no images in the {split} split (split \"{value}\"); "
+                                 "training evaluates on valid and test")
         vocab = CaptionVocab.build((words for sents in splits["train"].sentences for words in sents),
                                    min_count=self.min_count)
         set_ = lambda name, value: object.__setattr__(self, name, value)

@@ -53,7 +53,10 @@ Examples and splits
 -------------------
 Training batch ``(seed, step, batch_size)``: ``np.random.default_rng([seed, step])`` draws the
 ``batch_size`` scenes (shapes, then positions), then the question types (uniform), then the
-colours (uniform among the scene's objects): one fresh scene per example. Evaluation example ``i``
+colours (uniform among the scene's objects): one fresh scene per example, or, with
+``questions_per_image = k > 1``, ``⌈batch_size / k⌉`` scenes with ``k`` questions each (the batch
+then has ``images [⌈batch_size / k⌉, ...]`` and ``image_index [batch_size]``, question ``b`` being
+about image ``b // k``; a model encodes each image once). Evaluation example ``i``
 of a split is a pure function of ``(task.seed, split, i)``: ``np.random.default_rng([task.seed,
 EVAL_TAG, split_id, i])`` (``split_id`` 1 for ``valid``, 2 for ``test``; the tag keeps these seeds
 apart from training's ``[seed, step]``) draws its scene and then its colour; its question type is

@@ -215,8 +215,11 @@ class ExampleProblem(Problem):
         return self.task_obj.train_batch(config.seed, step, config.train.batch_size), False
 
     def loss(self, params, carry, batch, key):
-        mean, _ = self.model.loss(params, batch, dropout_key=key)
-        return mean, (mean, carry)
+        objective, sums = self.model.loss(params, batch, dropout_key=key)
+        # the reported (and divergence-checked) loss; a model whose objective adds a regulariser
+        # (the captioner's attention penalty) reports the data term alone
+        reported = getattr(self.model, "reported_loss", None)
+        return objective, ((reported(sums) if reported is not None else objective), carry)
 
     def evaluator(self, place=None, trials: bool = False):
         if self.kind.evaluator is not None:

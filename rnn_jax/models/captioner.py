@@ -87,7 +87,7 @@ class Captioner:
     attention: str = "soft"
     attention_size: int = 0
     gate: bool = True
-    penalty: float = 1.0
+    penalty: float = 0.0
     condition: str = "both"
     cond_size: int = 0
     dropout: float = 0.0
@@ -252,6 +252,11 @@ class Captioner:
         _, (logits, alpha) = jax.lax.scan(body, self.initial_state(params, memory), (inputs_TxB, step_keys))
         return jnp.swapaxes(logits, 0, 1), jnp.swapaxes(alpha, 0, 1)
 
+    @staticmethod
+    def reported_loss(sums):
+        """The loss the trainer logs and checks for divergence: NLL per token, without the penalty."""
+        return sums["nll"] / jnp.maximum(sums["count"], 1e-9)
+
     def loss(self, params, batch: Mapping, dropout_key=None):
         """``(objective, sums)``: sums ``{"nll", "count", "penalty", "captions"}`` (module docstring)."""
         logits, alpha = self.teacher_forced(params, batch, dropout_key)
@@ -304,6 +309,9 @@ class CaptionEvaluator:
 
     def __init__(self, model: Captioner, task, beam_size: int, beam_alpha: float, batch_size: int,
                  test_batch_size: int, trials: bool = False):
+        from rnn_jax import caption_metrics
+
+        caption_metrics.require_pycocoevalcap()  # before training, not at the first evaluation
         self.model, self.task, self.trials = model, task, trials
         self.beam_size, self.beam_alpha = beam_size, float(beam_alpha)
         self.sizes = {"valid": batch_size, "test": test_batch_size or batch_size}
@@ -365,7 +373,7 @@ class CaptionEvaluator:
                 greedy_tokens, attention = self.decode(params, split, greedy=True)
                 mass, events = attention_mass(self.model.encoder, objects, greedy_tokens, attention,
                                               self.task.vocab, words)
-                out["attention_mass"] = mass / max(events, 1)
+                out["attention_mass"] = mass / events if events else float("nan")  # no digit word emitted
         return out
 
 
@@ -383,14 +391,18 @@ def _encoder(config, task, channels=(32, 64), strides=(2, 2)) -> ImageEncoder:
 
 
 def _build(config, task) -> Captioner:
+    from rnn_jax import configs as cfg
     from rnn_jax.models.base import make_cell
 
     m = config.model
+    cfg.check_int("model.beam_size", m.get("beam_size", 3))
+    cfg.check_number("model.beam_alpha", m.get("beam_alpha", 0.0))
     vocab = task.vocab
     return Captioner(_encoder(config, task), make_cell(config), len(vocab), hidden_size=m.hidden_size,
                      embed_size=m.embed_size, attention=m.get("attention", "soft"),
-                     attention_size=int(m.get("attention_size", 0)), gate=bool(m.get("gate", True)),
-                     penalty=float(m.get("penalty", 1.0)), condition=m.get("condition", "both"),
+                     attention_size=int(m.get("attention_size", 0)), cond_size=int(m.get("cond_size", 0)),
+                     gate=bool(m.get("gate", True)),
+                     penalty=float(m.get("penalty", 0.0)), condition=m.get("condition", "both"),
                      dropout=m.dropout, embed_scale=m.embed_scale, output_scale=m.output_scale,
                      pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id, impl=m.impl)
 
@@ -408,10 +420,10 @@ def _evaluator(problem, trials: bool):
 
 
 def _sample(model, task, params, key) -> str:
-    """The first validation images' beam-search captions, each beside its reference."""
-    evaluator = CaptionEvaluator(model, task, beam_size=3, beam_alpha=0.0, batch_size=8, test_batch_size=8)
+    """The first validation images' greedy captions, each beside its reference where it differs."""
+    evaluator = CaptionEvaluator(model, task, beam_size=1, beam_alpha=0.0, batch_size=8, test_batch_size=8)
     evaluator._batches["valid"] = [jax.tree.map(jnp.asarray, task.eval_batches("valid", 8)[0])]
-    tokens, _ = evaluator.decode(params, "valid")
+    tokens, _ = evaluator.decode(params, "valid", greedy=True)
     refs = task.references("valid")
     return "\n".join(f"{c}" + ("" if c in refs[i] else f"   (reference: {refs[i][0]})")
                      for i, c in enumerate(evaluator.captions(tokens)))

@@ -21,8 +21,8 @@ Precomputed features (``inputs="features"``) are arrays ``[L, D₀]`` (a flat se
 coordinates, ``D = D₀``) or ``[h, w, D₀]`` (a grid: coordinates appended, ``D = D₀ + 2``).
 
 :meth:`ImageEncoder.region` maps a pixel box to the grid locations whose cells overlap it: cell
-``(r, c)`` covers pixels ``[r·s_y, (r+1)·s_y) × [c·s_x, (c+1)·s_x)`` with ``s_y = H / h``,
-``s_x = W / w``. The attention-mass metric of the captioner uses it.
+``(r, c)`` covers pixels ``[r·s, (r+1)·s) × [c·s, (c+1)·s)`` with ``s`` the product of the strides
+(the last row and column of cells may reach past the image). The attention-mass metric of the captioner uses it.
 
 ``params = {"cnn": Flax parameters}`` (images) or ``{}`` (features); the encoder is a hashable frozen
 dataclass (a static argument of ``jax.jit``) and :meth:`ImageEncoder.apply` is a pure function.
@@ -129,6 +129,12 @@ class ImageEncoder:
         return grid[0] * grid[1] if grid is not None else self.shape[0]
 
     @property
+    def cell_size(self) -> int:
+        """The pixels per grid cell along each axis: the product of the strides (cell ``r`` of a
+        SAME-padded strided CNN is centred on pixel ``r·s``; the last cells may reach past the image)."""
+        return int(np.prod(self.strides))
+
+    @property
     def feature_size(self) -> int:
         """``D``: the size of one location's vector."""
         base = self.channels[-1] if self.inputs == "images" else self.shape[-1]
@@ -170,8 +176,8 @@ class ImageEncoder:
         if self.inputs != "images":
             raise InputError("regions are defined for image inputs (a pixel grid) only")
         top, left, bottom, right = (float(v) for v in box)
-        (h, w), (H, W) = self.grid, self.shape[:2]
-        sy, sx = H / h, W / w
+        h, w = self.grid
+        sy = sx = self.cell_size
         rows = (np.arange(h) * sy < bottom) & ((np.arange(h) + 1) * sy > top)
         cols = (np.arange(w) * sx < right) & ((np.arange(w) + 1) * sx > left)
         return (rows[:, None] & cols[None, :]).reshape(-1)

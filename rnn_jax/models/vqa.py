@@ -174,6 +174,10 @@ def _build(config, task) -> VQAModel:
     from rnn_jax.models.captioner import _encoder
 
     m = config.model
+    if config.train.get("data_parallel") and getattr(task, "questions_per_image", 1) > 1:
+        raise InputError(f"train.data_parallel splits a batch's rows over devices, and with "
+                         f"data.sort_of_clevr.questions_per_image = {task.questions_per_image} a batch has fewer "
+                         "images than questions; set questions_per_image=1 for data-parallel training")
     encoder = _encoder(config, task, (24, 24, 24, 24), (2, 2, 2, 2))
     return VQAModel(encoder, make_cell(config), len(task.question_vocab), task.num_answers,
                     hidden_size=m.hidden_size, embed_size=m.embed_size, attention=m.get("attention", "soft"),
@@ -195,7 +199,7 @@ def _sample(model, task, params, key) -> str:
     logits, _ = jax.jit(model.forward)(params, jax.tree.map(jnp.asarray, batch))
     predicted = np.asarray(jnp.argmax(logits, axis=-1))
     lines = []
-    for i in range(len(predicted)):
+    for i in range(int(np.asarray(batch["weight"]).sum())):   # the padding rows are not examples
         answer, right = task.answers[predicted[i]], task.answers[int(batch["answer"][i])]
         lines.append(f"{task.question_text('valid', i)} -> {answer}" + ("" if answer == right else f" ({right})"))
     return "\n".join(lines)
