@@ -309,7 +309,9 @@ def test_a_caption_run_resumes_bit_for_bit(tmp_path):
 
 
 def test_vqa_trials_equal_separate_runs(tmp_path):
-    args = ("runlocal,seed=0,lr=0.003", "runlocal,seed=1,lr=0.01")
+    # SGD: under Adam, directions the instance normalisation leaves with a zero gradient get steps
+    # from rounding noise, which differs between a vmapped and a plain convolution
+    args = ("runlocal,seed=0,lr=0.1,optimizer=sgd", "runlocal,seed=1,lr=0.3,optimizer=sgd")
     results = trials.train_trials([vqa_config.get_config(a) for a in args], [tmp_path / "t0", tmp_path / "t1"],
                                   **QUIET)
     for i, arg in enumerate(args):
@@ -320,6 +322,7 @@ def test_vqa_trials_equal_separate_runs(tmp_path):
         assert_trees_close(train.load_problem(str(tmp_path / f"t{i}"), which="latest", log=lambda m: None)[1],
                            train.load_problem(str(tmp_path / f"s{i}"), which="latest", log=lambda m: None)[1],
                            rtol=1e-4, atol=1e-5)
+    assert results[0]["best_valid_loss"] != results[1]["best_valid_loss"]
 
 
 def test_caption_trials_evaluate_each_trial(tmp_path):

@@ -58,7 +58,10 @@ class CNN(nn.Module):
     def __call__(self, x_BxHxWxC):
         x = x_BxHxWxC
         for k, (c, s) in enumerate(zip(self.channels, self.strides)):
-            x = nn.Conv(c, (3, 3), strides=(s, s), padding="SAME", name=f"conv{k}")(x)
+            # a bias before instance normalisation is cancelled by it (its gradient is rounding noise,
+            # which Adam would turn into steps): only without normalisation
+            x = nn.Conv(c, (3, 3), strides=(s, s), padding="SAME", use_bias=self.norm != "instance",
+                        name=f"conv{k}")(x)
             if self.norm == "instance":
                 x = nn.GroupNorm(num_groups=None, group_size=1, name=f"norm{k}")(x)
             x = nn.relu(x)

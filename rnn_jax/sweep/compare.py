@@ -26,7 +26,8 @@ from rnn_jax.sweep import hparams
 from rnn_jax.sweep import points as points_lib
 
 # the Jozefowicz streams, the file-based LM tasks, then every registered task of another model kind
-EXAMPLE_TASKS = tuple(name for name in registry.names() if registry.get(name).model_kind != "lm")
+# every registered example task except karpathy (it reads the user's dataset: train it with caption.py)
+EXAMPLE_TASKS = tuple(name for name in registry.names() if registry.get(name).model_kind != "lm" and name != "karpathy")
 TASKS = tasks_lib.TASKS + ("ptb", "music") + EXAMPLE_TASKS
 
 
