@@ -128,7 +128,7 @@ def vqa_examples(problem, params, split: str, num: int) -> list[dict]:
     if model.attention != "soft":
         raise InputError("this run's VQA model has no attention (model.attention = 'none'): nothing to draw")
     batch = jax.tree.map(jnp.asarray, task.eval_batches(split, num)[0])
-    logits, alpha = jax.jit(model.forward)(params, batch)
+    logits, alpha = jax.jit(lambda p, b: model.forward(p, b))(params, batch)
     predicted = np.asarray(jnp.argmax(logits, axis=-1))
     alpha = np.asarray(alpha)
     return [{"image": np.asarray(batch["images"][i]), "question": task.question_text(split, i),

@@ -3,8 +3,9 @@ r"""Decoding an encoder-decoder under ``jax.jit``: greedy, sampling and batched 
 The decoders are generic. A model is any hashable object (it is a static argument of ``jit``)
 with
 
-* ``encode(params, src [B, S], src_lengths [B]) -> memory`` (a pytree whose leaves all have the
-  batch as leading axis, with ``memory["mask"] [B, S]`` marking the positions attention may read),
+* ``encode(params, src [B, S], src_lengths [B]) -> memory`` (it converts ``src`` itself: the
+  decoders pass it through as given; a pytree whose leaves all have the batch as leading axis,
+  with ``memory["mask"] [B, S]`` marking the positions attention may read),
 * optionally ``check_source(src, src_lengths)``, for a source that is not a batch of token ids (the
   captioner's images: :mod:`rnn_jax.models.captioner`),
 * ``initial_state(params, memory) -> state`` (same convention),

@@ -17,8 +17,8 @@ attribute recall and (soft attention) the attention mass on the named digit for 
 best checkpoint is the one with the best validation BLEU-4.
 
 Arg string: ``task=digit_scenes,attention=soft,condition=both,penalty=0,gate=True,beam=3,objects=3,
-colors=6,height=16,width=40,json=,image_dir=,features=,image_size=64,max_len=20,cell=lstm,hidden=128,
-embed=32,steps=4000,batch=64,lr=0.002,max_norm=5,eval_every=500,data_seed=0,seed=0,runlocal``.
+colors=6,height=16,width=40,json=,image_dir=,features=,image_size=64,max_len=20,min_count=1,max_images=0,
+cell=lstm,hidden=128,embed=32,layers=1,optimizer=adam,dropout=0,select_by=,steps=4000,batch=64,lr=0.002,max_norm=5,eval_every=500,data_seed=0,seed=0,runlocal``.
 ``penalty`` is λ of the doubly stochastic attention penalty (Xu et al. used 1; on digit scenes, with
 far more locations than words, it spreads the attention: see the README).
 """
@@ -29,7 +29,7 @@ from rnn_jax.configs import check_choice
 TASKS = ("digit_scenes", "karpathy")
 DEFAULTS = dict(common.EXAMPLE_DEFAULTS, task="digit_scenes", attention="soft", condition="both", penalty=0.0,
                 gate=True, beam=3, objects=3, colors=6, height=16, width=40, json="", image_dir="", features="",
-                image_size=64, max_len=20, steps=4000, lr=2e-3, eval_every=500)
+                image_size=64, max_len=20, min_count=1, max_images=0, steps=4000, lr=2e-3, eval_every=500)
 RUNLOCAL = dict(common.EXAMPLE_RUNLOCAL, objects=2, width=24, beam=2)
 
 
@@ -49,8 +49,11 @@ def get_config(arg=None):
     else:
         common.check_int(a, "image_size")
         common.check_int(a, "max_len", minimum=2)
+        common.check_int(a, "min_count")
+        common.check_int(a, "max_images", minimum=0)
         options = {"json_path": a.json, "image_dir": a.image_dir, "features": a.features,
-                   "image_size": a.image_size, "max_len": a.max_len}
+                   "image_size": a.image_size, "max_len": a.max_len, "min_count": a.min_count,
+                   "max_images": a.max_images}
     model = {"attention": a.attention, "condition": a.condition, "penalty": float(a.penalty), "gate": bool(a.gate),
              "beam_size": a.beam, "beam_alpha": 0.0, "cnn_channels": (32, 64), "cnn_strides": (2, 2), "coords": True}
     c = common.example_config(a, a.task, options, "caption", model)

@@ -133,8 +133,9 @@ class ImageEncoder:
 
     @property
     def cell_size(self) -> int:
-        """The pixels per grid cell along each axis: the product of the strides (cell ``r`` of a
-        SAME-padded strided CNN is centred on pixel ``r·s``; the last cells may reach past the image)."""
+        """The pixels per grid cell along each axis: the product of the strides. Cells tile the image
+        as ``[r·s, (r+1)·s)``, an approximation of what each sees (a SAME-padded 3×3 stack sees a
+        little further down and right; the last cells may reach past the image)."""
         return int(np.prod(self.strides))
 
     @property

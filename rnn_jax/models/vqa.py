@@ -36,6 +36,7 @@ reports accuracy by question type (:mod:`rnn_jax.data.sort_of_clevr`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping
 
@@ -193,10 +194,15 @@ def _eval_sums(model, task):
     return sums
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(model, params, batch):
+    return model.forward(params, batch)
+
+
 def _sample(model, task, params, key) -> str:
     """The first validation questions with the model's answer (and the right one when it differs)."""
     batch = task.eval_batches("valid", 8)[0]
-    logits, _ = jax.jit(model.forward)(params, jax.tree.map(jnp.asarray, batch))
+    logits, _ = _forward(model, params, jax.tree.map(jnp.asarray, batch))
     predicted = np.asarray(jnp.argmax(logits, axis=-1))
     lines = []
     for i in range(int(np.asarray(batch["weight"]).sum())):   # the padding rows are not examples
