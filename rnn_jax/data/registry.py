@@ -93,9 +93,9 @@ def _tagging(name):
 
 
 def _scenes(seed, **options):
-    from rnn_jax.data.scenes import make_task
+    from rnn_jax.data.scenes import DigitScenesTask
 
-    return make_task(seed, **options)
+    return _dataclass_task(DigitScenesTask, "digit_scenes", seed, options)
 
 
 def _karpathy(seed, **options):

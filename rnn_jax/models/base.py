@@ -52,6 +52,28 @@ def check_impl(impl: str) -> None:
         raise InputError(f"impl must be one of {', '.join(map(repr, layers.IMPLS))}; got {impl!r}")
 
 
+def check_fields(model, positive: tuple = (), zero_default: tuple = (), choices: dict | None = None) -> None:
+    """The common checks of an image model's fields (captioner, VQA): ``cell`` as a
+    :class:`~rnn_jax.cells.Cell` (a spec string is converted), the ``positive`` integers, the
+    ``zero_default`` integers (0 means ``hidden_size``), ``choices`` (field -> allowed values),
+    ``dropout`` in ``[0, 1)`` and ``impl``; :class:`InputError` naming the field otherwise."""
+    object.__setattr__(model, "cell", as_cell(model.cell))
+    for name in positive:
+        value = getattr(model, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    for name in zero_default:
+        value = getattr(model, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InputError(f"{name} must be an integer >= 0 (0: hidden_size), got {value!r}")
+    for name, allowed in (choices or {}).items():
+        if getattr(model, name) not in allowed:
+            raise InputError(f"{name} must be one of {', '.join(allowed)}; got {getattr(model, name)!r}")
+    if not isinstance(model.dropout, (int, float)) or not 0.0 <= model.dropout < 1.0:
+        raise InputError(f"dropout must be in [0, 1), got {model.dropout!r}")
+    check_impl(model.impl)
+
+
 def check_inputs(model, sizes: tuple) -> None:
     """The input fields of a model reading tokens or features (classifier, tagger): exactly one of
     ``input_size`` and ``vocab_size``; ``embed_size`` only with tokens (default ``hidden_size``); then

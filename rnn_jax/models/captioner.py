@@ -56,19 +56,14 @@ import numpy as np
 
 from rnn_jax import layers
 from rnn_jax.errors import InputError
-from rnn_jax.models.base import as_cell, check_impl
-from rnn_jax.models.seq2seq import masked_attention
+from rnn_jax.models.base import check_fields
+from rnn_jax.models.seq2seq import _uniform, masked_attention
 from rnn_jax.models.vision import ImageEncoder
 
 ATTENTIONS = ("soft", "none")
 CONDITIONS = ("both", "input", "init")
 
 __all__ = ["ATTENTIONS", "CONDITIONS", "CaptionEvaluator", "Captioner", "attention_mass"]
-
-
-def _uniform(key, shape, fan_in: int, scale: float = 1.0):
-    bound = scale / np.sqrt(fan_in)
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,26 +94,12 @@ class Captioner:
     impl: str = "fused"
 
     def __post_init__(self):
-        object.__setattr__(self, "cell", as_cell(self.cell))
-        for name in ("vocab_size", "hidden_size", "embed_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("attention_size", "cond_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InputError(f"{name} must be an integer >= 0 (0: hidden_size), got {value!r}")
-        if self.attention not in ATTENTIONS:
-            raise InputError(f"attention must be one of {', '.join(ATTENTIONS)}; got {self.attention!r}")
-        if self.condition not in CONDITIONS:
-            raise InputError(f"condition must be one of {', '.join(CONDITIONS)}; got {self.condition!r}")
+        check_fields(self, ("vocab_size", "hidden_size", "embed_size"), ("attention_size", "cond_size"),
+                     {"attention": ATTENTIONS, "condition": CONDITIONS})
         if not isinstance(self.penalty, (int, float)) or isinstance(self.penalty, bool) or not (
                 math.isfinite(self.penalty) and self.penalty >= 0):
             raise InputError(f"penalty (λ of the doubly stochastic penalty) must be a number >= 0, "
                              f"got {self.penalty!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise InputError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        check_impl(self.impl)
         ids = (self.pad_id, self.bos_id, self.eos_id)
         if len(set(ids)) != 3 or not all(0 <= i < self.vocab_size for i in ids):
             raise InputError(f"pad_id, bos_id, eos_id must be distinct ids below {self.vocab_size}, got {ids}")

@@ -46,18 +46,13 @@ import numpy as np
 
 from rnn_jax import layers
 from rnn_jax.errors import InputError
-from rnn_jax.models.base import as_cell, check_impl
-from rnn_jax.models.seq2seq import masked_attention
+from rnn_jax.models.base import check_fields
+from rnn_jax.models.seq2seq import _uniform, masked_attention
 from rnn_jax.models.vision import ImageEncoder
 
 ATTENTIONS = ("soft", "none")
 
 __all__ = ["ATTENTIONS", "VQAModel"]
-
-
-def _uniform(key, shape, fan_in: int):
-    bound = 1.0 / np.sqrt(fan_in)
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,18 +75,8 @@ class VQAModel:
     impl: str = "fused"
 
     def __post_init__(self):
-        object.__setattr__(self, "cell", as_cell(self.cell))
-        for name in ("vocab_size", "num_answers", "hidden_size", "embed_size", "glimpses", "mlp_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.attention_size, int) or self.attention_size < 0:
-            raise InputError(f"attention_size must be an integer >= 0 (0: hidden_size), got {self.attention_size!r}")
-        if self.attention not in ATTENTIONS:
-            raise InputError(f"attention must be one of {', '.join(ATTENTIONS)}; got {self.attention!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise InputError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        check_impl(self.impl)
+        check_fields(self, ("vocab_size", "num_answers", "hidden_size", "embed_size", "glimpses", "mlp_size"),
+                     ("attention_size",), {"attention": ATTENTIONS})
 
     @property
     def A(self) -> int:
