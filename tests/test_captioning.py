@@ -255,6 +255,94 @@ def test_the_vqa_model_reads_the_question_up_to_its_length_and_attends_over_the_
         assert sums["count"] == 2 and np.isfinite(loss)
 
 
+def _numpy_film_stage(x, kernel, scale, bias, gamma, beta, stride=1, eps=1e-6):
+    """One CNN stage with FiLM, written apart from the module: a SAME-padded 3×3 convolution with
+    ``stride`` (XLA's SAME: the total padding split with its smaller half before, the odd pixel
+    after), instance normalisation with scale and shift, ``(1 + γ) ⊙ · + β``, ReLU."""
+    B, H, W, _ = x.shape
+    out_h, out_w = -(-H // stride), -(-W // stride)
+    pad_h, pad_w = max((out_h - 1) * stride + 3 - H, 0), max((out_w - 1) * stride + 3 - W, 0)
+    padded = np.pad(x.astype(np.float64), ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                                           (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    out = np.zeros((B, out_h, out_w, kernel.shape[-1]))
+    for dy in range(3):
+        for dx in range(3):
+            window = padded[:, dy:dy + (out_h - 1) * stride + 1:stride, dx:dx + (out_w - 1) * stride + 1:stride]
+            out += np.einsum("bhwc,cd->bhwd", window, kernel[dy, dx])
+    normed = (out - out.mean(axis=(1, 2), keepdims=True)) / np.sqrt(out.var(axis=(1, 2), keepdims=True) + eps)
+    y = normed * scale + bias
+    return np.maximum((1 + gamma[:, None, None, :]) * y + beta[:, None, None, :], 0)
+
+
+def test_film_conditions_every_stage_as_written_and_shares_the_first_stage_per_image():
+    rng = np.random.default_rng(0)
+    noisy = lambda tree: jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), p.dtype) * 0.3, tree)
+    index = np.array([1, 0, 1], np.int32)
+    # one stride-1 stage
+    enc = ImageEncoder("images", (6, 5, 3), channels=(4,), strides=(1,), coords=False)
+    params = noisy(enc.init(jax.random.PRNGKey(1)))
+    images = rng.random((2, 6, 5, 3)).astype(np.float32)
+    gamma, beta = (rng.normal(size=(3, 4)).astype(np.float32) for _ in range(2))
+    cnn = jax.tree.map(np.asarray, params["cnn"])
+    want = _numpy_film_stage(images[index], cnn["conv0"]["kernel"], cnn["norm0"]["scale"], cnn["norm0"]["bias"],
+                             gamma, beta)
+    np.testing.assert_allclose(enc.apply(params, images, [(gamma, beta)], index), want.reshape(3, 30, 4), rtol=1e-4,
+                               atol=1e-5)
+    zero = [(np.zeros((2, 4), np.float32),) * 2]
+    np.testing.assert_allclose(enc.apply(params, images, zero), enc.apply(params, images), rtol=1e-6, atol=1e-7)
+    # two strided stages, each conditioned; the index path equals the images repeated per question
+    deep = ImageEncoder("images", (9, 8, 3), channels=(3, 5), strides=(2, 2))
+    deep_params = noisy(deep.init(jax.random.PRNGKey(2)))
+    film = [(rng.normal(size=(3, c)).astype(np.float32), rng.normal(size=(3, c)).astype(np.float32)) for c in (3, 5)]
+    images = rng.random((2, 9, 8, 3)).astype(np.float32)
+    got = deep.apply(deep_params, images, film, index)
+    cnn = jax.tree.map(np.asarray, deep_params["cnn"])
+    x = images[index]
+    for k in range(2):
+        x = _numpy_film_stage(x, cnn[f"conv{k}"]["kernel"], cnn[f"norm{k}"]["scale"], cnn[f"norm{k}"]["bias"],
+                              *film[k], stride=2)
+    assert x.shape == (3, 3, 2, 5) and got.shape == (3, 6, 7)
+    np.testing.assert_allclose(got[..., :5], x.reshape(3, 6, 5), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, deep.apply(deep_params, images[index], film), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="one \\(gamma, beta\\) pair per CNN stage \\(2\\); got 1"):
+        deep.apply(deep_params, images, film[:1])
+    with pytest.raises(InputError, match="film stage 0: gamma and beta must be \\[2, 3\\]"):
+        deep.apply(deep_params, images, film)          # three questions' FiLM, two images, no index
+    with pytest.raises(InputError, match="precomputed features"):
+        ImageEncoder("features", (4, 6)).apply({}, np.zeros((1, 4, 6)), film)
+
+
+def test_a_film_vqa_model_starts_as_the_unconditioned_one_and_then_reads_the_image_per_question():
+    enc = ImageEncoder("images", (12, 12, 3), channels=(3, 4), strides=(2, 2))
+    rng = np.random.default_rng(1)
+    batch = {"images": rng.random((1, 12, 12, 3)).astype(np.float32), "image_index": np.zeros(2, np.int32),
+             "question": np.array([[1, 2, 3], [1, 5, 3]], np.int32), "question_lengths": np.array([3, 3], np.int32),
+             "answer": np.array([1, 3], np.int32), "weight": np.ones(2, np.float32)}
+    for attention in ("soft", "none"):
+        kw = dict(vocab_size=7, num_answers=4, hidden_size=6, embed_size=3, attention=attention, mlp_size=8)
+        film, plain = VQAModel(enc, "gru", film=True, **kw), VQAModel(enc, "gru", **kw)
+        params = film.init(jax.random.PRNGKey(0))
+        assert {k: v.shape for k, v in params["film"][1].items()} == {"W_gamma": (6, 4), "W_beta": (6, 4)}
+        plain_params = {k: v for k, v in params.items() if k != "film"}
+        jax.tree.map(np.testing.assert_array_equal, plain_params, plain.init(jax.random.PRNGKey(0)))
+        np.testing.assert_allclose(film.forward(params, batch)[0], plain.forward(plain_params, batch)[0], rtol=1e-6)
+        grads = jax.grad(lambda p: film.loss(p, batch)[0])(params)
+        assert all(float(jnp.abs(g["W_gamma"]).sum()) > 0 for g in grads["film"])
+    # with the FiLM weights trained away from zero, the same image gives each question its own grid
+    params["film"] = jax.tree.map(lambda w: jnp.asarray(rng.normal(size=w.shape), w.dtype), params["film"])
+    q = film.question_state(params, batch["question"], batch["question_lengths"])
+    grids = enc.apply(params["encoder"], batch["images"],
+                      [(q @ p["W_gamma"], q @ p["W_beta"]) for p in params["film"]], batch["image_index"])
+    assert not np.allclose(grids[0], grids[1])
+    with pytest.raises(InputError, match="precomputed features have no CNN"):
+        VQAModel(ImageEncoder("features", (4, 6)), "gru", vocab_size=7, num_answers=4, film=True)
+    with pytest.raises(InputError, match="film must be 0 .* or 1"):
+        vqa_config.get_config("film=2")
+    config = vqa_config.get_config(None)
+    assert (config.model.film, config.model.embed_scale) == (True, 1.0)
+    assert vqa_config.get_config("film=0").model.film is False
+
+
 # ----------------------------------------------------------------------------- through the trainer
 
 @pytest.mark.parametrize("module,arg,metric", [
@@ -262,6 +350,7 @@ def test_the_vqa_model_reads_the_question_up_to_its_length_and_attends_over_the_
     (caption_config, "runlocal,attention=none,cell=gru", "bleu_4"),
     (vqa_config, "runlocal", "accuracy"),
     (vqa_config, "runlocal,attention=none", "relational_accuracy"),
+    (vqa_config, "runlocal,film=0", "accuracy"),
 ])
 def test_captioning_and_vqa_train_through_the_one_loop(tmp_path, module, arg, metric):
     config = module.get_config(arg)
@@ -279,6 +368,8 @@ def test_captioning_and_vqa_train_through_the_one_loop(tmp_path, module, arg, me
     assert "=== step 10" in open(tmp_path / "samples.txt").read()
     problem, params, _ = train.load_problem(str(tmp_path), log=lambda m: None)
     assert problem.evaluator()(params, "test")[metric] == pytest.approx(result[f"test_{metric}"])
+    if config.model.kind == "vqa":   # film=1 is the config's default
+        assert ("film" in params) == problem.model.film == ("film=0" not in arg)
     if config.model.attention == "soft":  # the pictures of its attention
         if config.model.kind == "caption":
             examples = attention_figures.caption_examples(problem, params, "test", 3)
@@ -407,6 +498,7 @@ def test_the_comparison_and_reports_take_the_new_tasks():
     for task, kind in (("digit_scenes", "caption"), ("sort_of_clevr", "vqa")):
         config = tasks_config.get_config(f"task={task},cell=gru,runlocal")
         assert (config.model.kind, config.train.select_by) == (kind, f"valid_{registry.get(task).metrics[0]}")
+        assert config.model.get("film", False) == (kind == "vqa")   # the comparison's VQA model reads with FiLM
         train.validate_config(config)
 
 
@@ -425,13 +517,16 @@ def test_several_questions_per_image_are_answered_from_their_own_image():
             x = np.nonzero(np.all(np.abs(image - np.asarray(rgb[colour])) < 0.02, -1))[1].mean()
             assert task.answers[batch["answer"][b]] == ("left" if x < 37.5 else "right")
     enc = ImageEncoder("images", (75, 75, 3), channels=(3,), strides=(4,))
-    model = VQAModel(enc, "gru", vocab_size=len(task.question_vocab), num_answers=task.num_answers, hidden_size=6,
-                     embed_size=3, glimpses=1, mlp_size=8)
-    params = model.init(jax.random.PRNGKey(0))
     repeated = dict(batch, images=batch["images"][batch["image_index"]])
     del repeated["image_index"]
-    np.testing.assert_allclose(model.forward(params, batch)[0], model.forward(params, repeated)[0], rtol=1e-4,
-                               atol=1e-6)
+    for film in (False, True):
+        model = VQAModel(enc, "gru", vocab_size=len(task.question_vocab), num_answers=task.num_answers,
+                         hidden_size=6, embed_size=3, glimpses=1, mlp_size=8, film=film)
+        params = model.init(jax.random.PRNGKey(0))
+        if film:
+            params["film"] = jax.tree.map(lambda w: w + 0.5, params["film"])
+        np.testing.assert_allclose(model.forward(params, batch)[0], model.forward(params, repeated)[0], rtol=1e-4,
+                                   atol=1e-6)
     config = vqa_config.get_config("runlocal")
     config.train.data_parallel = True
     with pytest.raises(InputError, match="questions_per_image"):

@@ -117,6 +117,8 @@ def _example_config(a):
     else:
         c.model.update(kernel_init="lecun_normal", recurrent_init="orthogonal", init_scale=a.init,
                        embed_scale=1.0, output_scale=a.init)
+    if entry.model_kind == "vqa":
+        c.model.film = True   # the question conditions the CNN: without it no cell learns Sort-of-CLEVR's shapes
     if a.runlocal:
         c.train.update(log_every=5)
     return c

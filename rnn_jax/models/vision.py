@@ -17,6 +17,15 @@ location also learns *where* it is (relations such as "left of", "closest to")::
 
     f_i = [CNN(image)_i ; y_i ; x_i]        D = channels[-1] + 2
 
+**Conditioning (FiLM, Perez et al. 2018).** :meth:`ImageEncoder.apply` may take ``film``: one pair
+``(γ_k, β_k)`` of ``[B, channels[k]]`` arrays per stage, from the model that reads a question. Stage
+``k`` then becomes ``relu((1 + γ_k) ⊙ norm(conv(x)) + β_k)``, so what the CNN keeps depends on the
+question ("what shape is the red object": the red pixels). ``B`` is then the number of output rows
+(questions). With ``index [B]`` as well, the first stage's convolution and normalisation are
+computed once per image and their output taken per question (``x[index]``), so several questions
+about one image share them; FiLM and everything after run per question. (With ``norm="none"``,
+``norm(conv(x))`` is the convolution with its bias.)
+
 Precomputed features (``inputs="features"``) are arrays ``[L, D₀]`` (a flat set of locations: no
 coordinates, ``D = D₀``) or ``[h, w, D₀]`` (a grid: coordinates appended, ``D = D₀ + 2``).
 
@@ -55,7 +64,9 @@ class CNN(nn.Module):
     norm: str = "instance"
 
     @nn.compact
-    def __call__(self, x_BxHxWxC):
+    def __call__(self, x_BxHxWxC, film=None, index=None):
+        """``film``: ``[(γ_k [B, C_k], β_k [B, C_k])] * stages`` or None; ``index``: ``[B]`` rows of
+        the input each output row comes from (taken after the first stage's normalisation)."""
         x = x_BxHxWxC
         for k, (c, s) in enumerate(zip(self.channels, self.strides)):
             # a bias before instance normalisation is cancelled by it (its gradient is rounding noise,
@@ -64,6 +75,11 @@ class CNN(nn.Module):
                         name=f"conv{k}")(x)
             if self.norm == "instance":
                 x = nn.GroupNorm(num_groups=None, group_size=1, name=f"norm{k}")(x)
+            if k == 0 and index is not None:
+                x = x[index]
+            if film is not None:
+                gamma, beta = film[k]
+                x = x * (1 + gamma[:, None, None, :]) + beta[:, None, None, :]
             x = nn.relu(x)
         return x
 
@@ -158,12 +174,27 @@ class ImageEncoder:
             raise InputError(f"{self.inputs} must have shape [B, {', '.join(map(str, self.shape))}]; "
                              f"got {tuple(jnp.shape(x))}")
 
-    def apply(self, params, x) -> jax.Array:
-        """``f [B, L, D]`` from images ``[B, H, W, 3]`` or precomputed features ``[B, *shape]``."""
+    def apply(self, params, x, film=None, index=None) -> jax.Array:
+        """``f [B, L, D]`` from images ``[B, H, W, 3]`` or precomputed features ``[B, *shape]``.
+        ``film`` and ``index``: the conditioning of the module docstring (images only); with
+        ``index``, row ``b`` of the output is about input row ``index[b]``."""
         self.check(x)
         x = jnp.asarray(x, jnp.float32)
         if self.inputs == "images":
-            x = CNN(self.channels, self.strides, self.norm).apply({"params": params["cnn"]}, x)
+            if film is not None:
+                if len(film) != len(self.channels):
+                    raise InputError(f"film needs one (gamma, beta) pair per CNN stage ({len(self.channels)}); "
+                                     f"got {len(film)}")
+                rows = jnp.shape(index)[0] if index is not None else x.shape[0]
+                for k, (gamma, beta) in enumerate(film):
+                    if jnp.shape(gamma) != (rows, self.channels[k]) or jnp.shape(beta) != (rows, self.channels[k]):
+                        raise InputError(f"film stage {k}: gamma and beta must be [{rows}, {self.channels[k]}] (one "
+                                         f"row per output row); got {jnp.shape(gamma)} and {jnp.shape(beta)}")
+            x = CNN(self.channels, self.strides, self.norm).apply({"params": params["cnn"]}, x, film, index)
+        elif film is not None:
+            raise InputError("film conditions the CNN; precomputed features have none")
+        elif index is not None:
+            x = x[index]
         batch = x.shape[0]
         grid = self.grid
         if grid is None:

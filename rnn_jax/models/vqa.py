@@ -21,8 +21,16 @@ state; Santoro et al.'s CNN+MLP)::
 
     logits = MLP([vec(f_1..f_L); q])
 
+``film = True`` conditions the CNN on the question as well (FiLM, Perez et al. 2018; see
+:mod:`rnn_jax.models.vision`): for every stage ``k``, ``γ_k = q W_γ,k`` and ``β_k = q W_β,k``, with
+``W_γ,k, W_β,k ∈ R^{H × C_k}`` starting at zero (the unconditioned CNN), and ``f`` is the grid of the
+conditioned CNN, one per question. On Sort-of-CLEVR this is what lets a model read the *shape* of
+the asked object: without it, attention learns where each colour is (position questions) but shape
+questions stay at chance (docs/decisions.md).
+
 A batch may hold fewer images than questions (``image_index [B]`` names each question's image in
-``images``; Sort-of-CLEVR's ``questions_per_image``): the CNN then runs once per image.
+``images``; Sort-of-CLEVR's ``questions_per_image``): the CNN then runs once per image, or with
+``film`` only its first convolution and normalisation do (the rest runs per question).
 
 ``MLP(x) = relu(relu(x W_1 + b_1) W_2 + b_2) W_3 + b_3`` with ``mlp_size`` hidden units; dropout
 (with a key) on its hidden layers. The loss is the mean cross-entropy of the answer; the task
@@ -30,7 +38,7 @@ reports accuracy by question type (:mod:`rnn_jax.data.sort_of_clevr`).
 
 ``params = {"encoder", "embed": [V, E], "question": cell params, "mlp": {"W_1", "b_1", "W_2", "b_2",
 "W_3", "b_3"}}`` plus ``"glimpses": [{"W_q": [H, A], "W_f": [D, A], "w": [A], "W_g": [D, H]}] * K``
-(soft).
+(soft), and ``"film": [{"W_gamma": [H, C_k], "W_beta": [H, C_k]}] * stages`` (film).
 """
 
 from __future__ import annotations
@@ -73,10 +81,13 @@ class VQAModel:
     dropout: float = 0.0
     embed_scale: float = 0.1
     impl: str = "fused"
+    film: bool = False
 
     def __post_init__(self):
         check_fields(self, ("vocab_size", "num_answers", "hidden_size", "embed_size", "glimpses", "mlp_size"),
                      ("attention_size",), {"attention": ATTENTIONS})
+        if self.film and self.encoder.inputs != "images":
+            raise InputError("model.film conditions the CNN on the question; precomputed features have no CNN")
 
     @property
     def A(self) -> int:
@@ -89,6 +100,9 @@ class VQAModel:
                   "embed": jax.random.uniform(next(keys), (self.vocab_size, E), jnp.float32,
                                               -self.embed_scale, self.embed_scale),
                   "question": self.cell.init(next(keys), E, H)}
+        if self.film:
+            params["film"] = [{"W_gamma": jnp.zeros((H, c), jnp.float32), "W_beta": jnp.zeros((H, c), jnp.float32)}
+                              for c in self.encoder.channels]
         if self.attention == "soft":
             params["glimpses"] = [{"W_q": _uniform(next(keys), (H, self.A), H),
                                    "W_f": _uniform(next(keys), (D, self.A), D),
@@ -128,10 +142,14 @@ class VQAModel:
 
     def forward(self, params, batch: Mapping, dropout_key=None):
         """``(logits [B, answers], α [B, K, L] or None)``."""
-        f = self.encoder.apply(params["encoder"], batch["images"])
-        if "image_index" in batch:   # several questions per image: each image encoded once
-            f = f[jnp.asarray(batch["image_index"], jnp.int32)]
         q = self.question_state(params, batch["question"], batch["question_lengths"])
+        index = jnp.asarray(batch["image_index"], jnp.int32) if "image_index" in batch else None
+        if self.film:   # a CNN pass per question (its first convolution and normalisation per image)
+            film = [(q @ p["W_gamma"], q @ p["W_beta"]) for p in params["film"]]
+            f = self.encoder.apply(params["encoder"], batch["images"], film, index)
+        else:           # several questions per image: each image encoded once
+            f = self.encoder.apply(params["encoder"], batch["images"])
+            f = f[index] if index is not None else f
         if self.attention == "soft":
             x, alpha = self.attend(params, f, q)
         else:
@@ -168,7 +186,8 @@ def _build(config, task) -> VQAModel:
     return VQAModel(encoder, make_cell(config), len(task.question_vocab), task.num_answers,
                     hidden_size=m.hidden_size, embed_size=m.embed_size, attention=m.get("attention", "soft"),
                     glimpses=int(m.get("glimpses", 2)), attention_size=int(m.get("attention_size", 0)),
-                    mlp_size=int(m.get("mlp_size", 256)), dropout=m.dropout, embed_scale=m.embed_scale, impl=m.impl)
+                    mlp_size=int(m.get("mlp_size", 256)), film=bool(m.get("film", False)), dropout=m.dropout,
+                    embed_scale=m.embed_scale, impl=m.impl)
 
 
 def _eval_sums(model, task):
@@ -200,7 +219,8 @@ def _kind():
     from rnn_jax.models.base import ExampleKind
 
     return ExampleKind("vqa", _build, _eval_sums, lambda model, task: math.log(model.num_answers), sample=_sample,
-                       options={"attention": ATTENTIONS}, fixed={"num_layers": 1, "variational": False})
+                       options={"attention": ATTENTIONS, "film": (False, True)},
+                       fixed={"num_layers": 1, "variational": False})
 
 
 KIND = _kind()
