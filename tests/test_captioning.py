@@ -340,6 +340,10 @@ def test_a_film_vqa_model_starts_as_the_unconditioned_one_and_then_reads_the_ima
         vqa_config.get_config("film=2")
     config = vqa_config.get_config(None)
     assert (config.model.film, config.model.embed_scale) == (True, 1.0)
+    old = vqa_config.get_config("runlocal")   # a config written before FiLM rebuilds the plain CNN
+    del old.model["film"]
+    train.validate_config(old)
+    assert train.make_problem(old).model.film is False
     assert vqa_config.get_config("film=0").model.film is False
 
 
