@@ -177,7 +177,8 @@ class ImageEncoder:
     def apply(self, params, x, film=None, index=None) -> jax.Array:
         """``f [B, L, D]`` from images ``[B, H, W, 3]`` or precomputed features ``[B, *shape]``.
         ``film`` and ``index``: the conditioning of the module docstring (images only); with
-        ``index``, row ``b`` of the output is about input row ``index[b]``."""
+        ``index``, row ``b`` of the output is about input row ``index[b]`` (without ``film`` each
+        input row is encoded once, then taken per output row)."""
         self.check(x)
         x = jnp.asarray(x, jnp.float32)
         if self.inputs == "images":
@@ -190,10 +191,12 @@ class ImageEncoder:
                     if jnp.shape(gamma) != (rows, self.channels[k]) or jnp.shape(beta) != (rows, self.channels[k]):
                         raise InputError(f"film stage {k}: gamma and beta must be [{rows}, {self.channels[k]}] (one "
                                          f"row per output row); got {jnp.shape(gamma)} and {jnp.shape(beta)}")
-            x = CNN(self.channels, self.strides, self.norm).apply({"params": params["cnn"]}, x, film, index)
+            # with FiLM the rows split per question after the first stage; without, after the whole CNN
+            x = CNN(self.channels, self.strides, self.norm).apply({"params": params["cnn"]}, x, film,
+                                                                  index if film is not None else None)
         elif film is not None:
             raise InputError("film conditions the CNN; precomputed features have none")
-        elif index is not None:
+        if index is not None and film is None:
             x = x[index]
         batch = x.shape[0]
         grid = self.grid

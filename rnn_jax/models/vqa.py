@@ -144,12 +144,9 @@ class VQAModel:
         """``(logits [B, answers], α [B, K, L] or None)``."""
         q = self.question_state(params, batch["question"], batch["question_lengths"])
         index = jnp.asarray(batch["image_index"], jnp.int32) if "image_index" in batch else None
-        if self.film:   # a CNN pass per question (its first convolution and normalisation per image)
-            film = [(q @ p["W_gamma"], q @ p["W_beta"]) for p in params["film"]]
-            f = self.encoder.apply(params["encoder"], batch["images"], film, index)
-        else:           # several questions per image: each image encoded once
-            f = self.encoder.apply(params["encoder"], batch["images"])
-            f = f[index] if index is not None else f
+        # without FiLM each image is encoded once; with it, a CNN pass per question
+        film = [(q @ p["W_gamma"], q @ p["W_beta"]) for p in params["film"]] if self.film else None
+        f = self.encoder.apply(params["encoder"], batch["images"], film, index)
         if self.attention == "soft":
             x, alpha = self.attend(params, f, q)
         else:
