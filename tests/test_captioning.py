@@ -255,6 +255,43 @@ def test_the_vqa_model_reads_the_question_up_to_its_length_and_attends_over_the_
         assert sums["count"] == 2 and np.isfinite(loss)
 
 
+def _numpy_glimpses(f, q, glimpses):
+    """The stacked softmax glimpses, written apart from the module in float64."""
+    u, maps = q.astype(np.float64), []
+    for g in glimpses:
+        scores = np.tanh((u @ g["W_q"])[:, None, :] + f @ g["W_f"]) @ g["w"]
+        alpha = np.exp(scores - scores.max(-1, keepdims=True))
+        alpha /= alpha.sum(-1, keepdims=True)
+        u = u + np.einsum("bl,bld->bd", alpha, f) @ g["W_g"]
+        maps.append(alpha)
+    return u, np.stack(maps, 1)
+
+
+def test_the_glimpses_follow_their_equations_and_average_what_they_attend():
+    enc = ImageEncoder("features", (5, 4))
+    model = VQAModel(enc, "gru", vocab_size=7, num_answers=4, hidden_size=6, embed_size=3, glimpses=2, mlp_size=8)
+    params = model.init(jax.random.PRNGKey(3))
+    rng = np.random.default_rng(2)
+    f, q = rng.normal(size=(3, 5, 4)).astype(np.float32), rng.normal(size=(3, 6)).astype(np.float32)
+    u, alpha = model.attend(params, f, q)
+    want_u, want_alpha = _numpy_glimpses(f, q, jax.tree.map(lambda a: np.asarray(a, np.float64), params["glimpses"]))
+    np.testing.assert_allclose(alpha, want_alpha, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(u, want_u, rtol=1e-4, atol=1e-5)
+    # a glimpse that picks out one kind of object reads the same vector over 1, 2 or 3 copies of it
+    # (the other cells empty): a softmax glimpse averages, which is why it does not count
+    obj = np.array([1.0, -1.0, 0.5, 0.0], np.float32)
+    pick = {"W_q": jnp.zeros((6, 6)), "W_f": jnp.zeros((4, 6)).at[:, 0].set(3 * obj),
+            "w": jnp.zeros(6).at[0].set(30.0), "W_g": params["glimpses"][0]["W_g"]}
+    scenes = np.zeros((3, 5, 4), np.float32)
+    for k in range(3):
+        scenes[k, :k + 1] = obj
+    one = VQAModel(enc, "gru", vocab_size=7, num_answers=4, hidden_size=6, embed_size=3, glimpses=1, mlp_size=8)
+    reads, maps = one.attend({"glimpses": [pick]}, scenes, np.zeros((3, 6), np.float32))
+    np.testing.assert_allclose(reads[1:], reads[:1].repeat(2, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(maps[:, 0, :3].sum(-1), 1, rtol=1e-4)
+    assert np.linalg.norm(reads[0]) > 1e-2
+
+
 def _numpy_film_stage(x, kernel, scale, bias, gamma, beta, stride=1, eps=1e-6):
     """One CNN stage with FiLM, written apart from the module: a SAME-padded 3×3 convolution with
     ``stride`` (XLA's SAME: the total padding split with its smaller half before, the odd pixel
