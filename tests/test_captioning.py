@@ -269,7 +269,8 @@ def _numpy_glimpses(f, q, glimpses):
 
 def test_the_glimpses_follow_their_equations_and_average_what_they_attend():
     enc = ImageEncoder("features", (5, 4))
-    model = VQAModel(enc, "gru", vocab_size=7, num_answers=4, hidden_size=6, embed_size=3, glimpses=2, mlp_size=8)
+    model = VQAModel(enc, "gru", vocab_size=7, num_answers=4, hidden_size=6, embed_size=3, glimpses=2, mlp_size=8,
+                     attention_size=5)
     params = model.init(jax.random.PRNGKey(3))
     rng = np.random.default_rng(2)
     f, q = rng.normal(size=(3, 5, 4)).astype(np.float32), rng.normal(size=(3, 6)).astype(np.float32)
@@ -277,19 +278,66 @@ def test_the_glimpses_follow_their_equations_and_average_what_they_attend():
     want_u, want_alpha = _numpy_glimpses(f, q, jax.tree.map(lambda a: np.asarray(a, np.float64), params["glimpses"]))
     np.testing.assert_allclose(alpha, want_alpha, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(u, want_u, rtol=1e-4, atol=1e-5)
-    # a glimpse that picks out one kind of object reads the same vector over 1, 2 or 3 copies of it
-    # (the other cells empty): a softmax glimpse averages, which is why it does not count
+    # a glimpse that puts all its weight on the cells it picks out reads the same vector over 1, 2 or
+    # 3 identical copies (the other cells zero): a softmax glimpse averages what it attends to
     obj = np.array([1.0, -1.0, 0.5, 0.0], np.float32)
-    pick = {"W_q": jnp.zeros((6, 6)), "W_f": jnp.zeros((4, 6)).at[:, 0].set(3 * obj),
-            "w": jnp.zeros(6).at[0].set(30.0), "W_g": params["glimpses"][0]["W_g"]}
+    pick = {"W_q": jnp.zeros((6, 5)), "W_f": jnp.zeros((4, 5)).at[:, 0].set(3 * obj),
+            "w": jnp.zeros(5).at[0].set(30.0), "W_g": params["glimpses"][0]["W_g"]}
     scenes = np.zeros((3, 5, 4), np.float32)
     for k in range(3):
         scenes[k, :k + 1] = obj
-    one = VQAModel(enc, "gru", vocab_size=7, num_answers=4, hidden_size=6, embed_size=3, glimpses=1, mlp_size=8)
+    one = VQAModel(enc, "gru", vocab_size=7, num_answers=4, hidden_size=6, embed_size=3, glimpses=1, mlp_size=8,
+                   attention_size=5)
     reads, maps = one.attend({"glimpses": [pick]}, scenes, np.zeros((3, 6), np.float32))
     np.testing.assert_allclose(reads[1:], reads[:1].repeat(2, 0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(maps[:, 0, :3].sum(-1), 1, rtol=1e-4)
     assert np.linalg.norm(reads[0]) > 1e-2
+
+
+def test_the_relation_head_compares_the_first_glimpse_with_every_cell():
+    enc = ImageEncoder("features", (5, 4))
+    kw = dict(vocab_size=7, num_answers=4, hidden_size=6, embed_size=3, glimpses=2, mlp_size=8, attention_size=5)
+    model, plain = VQAModel(enc, "gru", relation=3, **kw), VQAModel(enc, "gru", **kw)
+    params = model.init(jax.random.PRNGKey(3))
+    assert {k: v.shape for k, v in params["relation"].items()} == {
+        "W_a": (4, 3), "W_b": (4, 3), "W_c": (6, 3), "b_1": (3,), "W_2": (3, 3), "b_2": (3,), "W_o": (3, 6)}
+    params["relation"] = jax.tree.map(lambda w: w + 0.2, params["relation"])   # biases too, so no unit is dead
+    rng = np.random.default_rng(7)
+    f, q = rng.normal(size=(3, 5, 4)).astype(np.float32), rng.normal(size=(3, 6)).astype(np.float32)
+    as64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+    u_K, maps = _numpy_glimpses(f, q, as64(params["glimpses"]))
+    p = as64(params["relation"])
+    r = np.einsum("bl,bld->bd", maps[:, 0], f)
+    h = np.maximum((r @ p["W_a"] + q @ p["W_c"] + p["b_1"])[:, None, :] + f @ p["W_b"], 0)
+    h = np.maximum(h @ p["W_2"] + p["b_2"], 0)
+    u, alpha = model.attend(params, f, q)
+    np.testing.assert_allclose(alpha, maps, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(u, u_K + h.mean(1) @ p["W_o"], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(u, plain.attend(params, f, q)[0], atol=1e-3)
+    grads = jax.grad(lambda p: model.loss(p, {"images": f, "question": np.array([[1, 2]] * 3, np.int32),
+                                              "question_lengths": np.array([2, 2, 1], np.int32),
+                                              "answer": np.array([0, 1, 3], np.int32)})[0])(params)
+    assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads["relation"]))
+    # the first glimpse is trained through r as well: its gradient differs from the plain model's
+    plain_grads = jax.grad(lambda p: plain.loss(p, {"images": f, "question": np.array([[1, 2]] * 3, np.int32),
+                                                    "question_lengths": np.array([2, 2, 1], np.int32),
+                                                    "answer": np.array([0, 1, 3], np.int32)})[0])(params)
+    assert not np.allclose(grads["glimpses"][0]["W_f"], plain_grads["glimpses"][0]["W_f"], atol=1e-6)
+    with pytest.raises(InputError, match="relation compares the first glimpse's object"):
+        VQAModel(enc, "gru", attention="none", relation=3, **kw)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(InputError, match="relation must be an integer >= 0 \\(0: no relation head\\)"):
+            VQAModel(enc, "gru", relation=bad, **kw)
+    with pytest.raises(InputError, match="relation=-1: must be an integer >= 0"):
+        vqa_config.get_config("relation=-1")
+    with pytest.raises(InputError, match="relation=4 compares .* attention=none has no glimpse"):
+        vqa_config.get_config("attention=none,relation=4")
+    assert vqa_config.get_config("relation=64").model.relation == 64
+    old = vqa_config.get_config("runlocal")   # a config written before the relation head has none
+    del old.model["relation"]
+    train.validate_config(old)
+    problem = train.make_problem(old)
+    assert problem.model.relation == 0 and "relation" not in problem.init(old, jax.random.PRNGKey(0))
 
 
 def _numpy_film_stage(x, kernel, scale, bias, gamma, beta, stride=1, eps=1e-6):
@@ -392,6 +440,7 @@ def test_a_film_vqa_model_starts_as_the_unconditioned_one_and_then_reads_the_ima
     (vqa_config, "runlocal", "accuracy"),
     (vqa_config, "runlocal,attention=none", "relational_accuracy"),
     (vqa_config, "runlocal,film=0", "accuracy"),
+    (vqa_config, "runlocal,relation=4", "relational_accuracy"),
 ])
 def test_captioning_and_vqa_train_through_the_one_loop(tmp_path, module, arg, metric):
     config = module.get_config(arg)

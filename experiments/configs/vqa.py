@@ -3,8 +3,10 @@ any registered cell reading the question, and stacked soft attention queried by 
 (``attention=soft``), or the baseline without attention (``attention=none``: the grid flattened,
 with the question state, into an MLP); rnn_jax.models.vqa. ``film=1`` (default) also conditions
 every CNN stage on the question (FiLM), which is what lets either model read an object's shape;
-``film=0`` is the plain CNN, run once per image.
+``film=0`` is the plain CNN, run once per image. ``relation=R`` (R > 0) adds a relation head of width
+R that compares the first glimpse's object with every grid cell (meant for the count question).
 
+    python -m experiments.train --config=experiments/configs/vqa.py:relation=64,steps=8000 --workdir=runs/clevr_rel
     python -m experiments.train --config=experiments/configs/vqa.py --workdir=runs/clevr_soft
     python -m experiments.train --config=experiments/configs/vqa.py:attention=none --workdir=runs/clevr_none
     python -m experiments.caption_figures --run=runs/clevr_soft      # attention maps per question
@@ -18,7 +20,7 @@ the one with the best validation accuracy. A training batch holds ``batch`` ques
 time, runs once per image, with FiLM its first stage does. Question words are embedded at unit
 scale (``model.embed_scale = 1``).
 
-Arg string: ``attention=soft,film=1,glimpses=2,mlp=256,objects=6,questions=4,cell=lstm,hidden=128,
+Arg string: ``attention=soft,film=1,relation=0,glimpses=2,mlp=256,objects=6,questions=4,cell=lstm,hidden=128,
 embed=32,steps=5000,batch=256,lr=0.001,max_norm=5,eval_every=1000,data_seed=0,seed=0,runlocal``.
 """
 
@@ -26,8 +28,8 @@ from experiments.configs import common
 from rnn_jax.configs import check_choice
 from rnn_jax.errors import InputError
 
-DEFAULTS = dict(common.EXAMPLE_DEFAULTS, attention="soft", film=1, glimpses=2, mlp=256, objects=6, questions=4,
-                batch=256, steps=5000, lr=1e-3, eval_every=1000)
+DEFAULTS = dict(common.EXAMPLE_DEFAULTS, attention="soft", film=1, relation=0, glimpses=2, mlp=256, objects=6,
+                questions=4, batch=256, steps=5000, lr=1e-3, eval_every=1000)
 RUNLOCAL = dict(common.EXAMPLE_RUNLOCAL, mlp=16, glimpses=1, questions=2)
 
 
@@ -36,6 +38,10 @@ def get_config(arg=None):
     check_choice("attention", a.attention, ("soft", "none"))
     for name in ("glimpses", "mlp", "objects", "questions"):
         common.check_int(a, name)
+    common.check_int(a, "relation", minimum=0)
+    if a.relation and a.attention != "soft":
+        raise InputError(f"relation={a.relation} compares the first glimpse's object with every cell; "
+                         f"attention={a.attention} has no glimpse (use relation=0)")
     common.check_int(a, "film", minimum=0)
     if a.film > 1:
         raise InputError(f"film must be 0 (the CNN reads the image alone) or 1 (conditioned on the question); "
@@ -43,8 +49,8 @@ def get_config(arg=None):
     options = {"num_objects": a.objects, "questions_per_image": a.questions}
     if a.runlocal:
         options.update(valid_size=24, test_size=24)
-    model = {"attention": a.attention, "film": bool(a.film), "glimpses": a.glimpses, "mlp_size": a.mlp,
-             "cnn_channels": (24, 24, 24, 24), "cnn_strides": (2, 2, 2, 2), "coords": True}
+    model = {"attention": a.attention, "film": bool(a.film), "relation": a.relation, "glimpses": a.glimpses,
+             "mlp_size": a.mlp, "cnn_channels": (24, 24, 24, 24), "cnn_strides": (2, 2, 2, 2), "coords": True}
     c = common.example_config(a, "sort_of_clevr", options, "vqa", model)
     c.model.embed_scale = 1.0   # question words at unit scale: the FiLM scales read them from the first steps
     return c

@@ -16,6 +16,20 @@ cell as the question encoder (masked by ``question_lengths``, so its final state
     u_k = u_{k-1} + (Σ_i α_ki f_i) W_g,k
     logits = MLP(u_K)
 
+``relation = R > 0`` adds a relation head (Santoro et al. 2017's, with one side of each pair fixed
+by attention): the first glimpse's reading ``r`` (the asked object) is compared with every cell by
+a two-layer MLP of width ``R``, and the comparisons are averaged::
+
+    r = Σ_i α_1i f_i
+    h_i = relu(relu(r W_a + f_i W_b + q W_c + b_1) W_2 + b_2)
+    logits = MLP(u_K + (1/L Σ_i h_i) W_o)
+
+The intent: a softmax glimpse averages what it attends to, so one that puts all its weight on k
+identical copies of what it picks out reads the same vector for every k; an average of per-cell
+comparisons can instead grow with the number of cells that match the asked object. The pairs cost
+``L`` comparisons per question (not ``L²``: the glimpse picks one side). Whether the first glimpse
+does sit on the asked object is learnt, not built in.
+
 ``attention = "none"`` (the baseline: the CNN's grid flattened into one vector, with the question's
 state; Santoro et al.'s CNN+MLP)::
 
@@ -38,7 +52,8 @@ reports accuracy by question type (:mod:`rnn_jax.data.sort_of_clevr`).
 
 ``params = {"encoder", "embed": [V, E], "question": cell params, "mlp": {"W_1", "b_1", "W_2", "b_2",
 "W_3", "b_3"}}`` plus ``"glimpses": [{"W_q": [H, A], "W_f": [D, A], "w": [A], "W_g": [D, H]}] * K``
-(soft), and ``"film": [{"W_gamma": [H, C_k], "W_beta": [H, C_k]}] * stages`` (film).
+(soft), ``"relation": {"W_a": [D, R], "W_b": [D, R], "W_c": [H, R], "b_1": [R], "W_2": [R, R], "b_2": [R],
+"W_o": [R, H]}`` (relation) and ``"film": [{"W_gamma": [H, C_k], "W_beta": [H, C_k]}] * stages`` (film).
 """
 
 from __future__ import annotations
@@ -66,7 +81,7 @@ __all__ = ["ATTENTIONS", "VQAModel"]
 @dataclasses.dataclass(frozen=True)
 class VQAModel:
     """Static description (module docstring); the methods are pure functions of params and batches.
-    ``attention_size`` 0 means ``hidden_size``."""
+    ``attention_size`` 0 means ``hidden_size``; ``relation`` 0 means no relation head."""
 
     encoder: ImageEncoder
     cell: Any
@@ -82,10 +97,16 @@ class VQAModel:
     embed_scale: float = 0.1
     impl: str = "fused"
     film: bool = False
+    relation: int = 0
 
     def __post_init__(self):
         check_fields(self, ("vocab_size", "num_answers", "hidden_size", "embed_size", "glimpses", "mlp_size"),
                      ("attention_size",), {"attention": ATTENTIONS})
+        if not isinstance(self.relation, int) or isinstance(self.relation, bool) or self.relation < 0:
+            raise InputError(f"relation must be an integer >= 0 (0: no relation head), got {self.relation!r}")
+        if self.relation and self.attention != "soft":
+            raise InputError("model.relation compares the first glimpse's object with every cell; with "
+                             f"attention={self.attention!r} there is no glimpse")
         if self.film and self.encoder.inputs != "images":
             raise InputError("model.film conditions the CNN on the question; precomputed features have no CNN")
 
@@ -94,7 +115,7 @@ class VQAModel:
         return self.attention_size or self.hidden_size
 
     def init(self, key) -> dict:
-        keys = iter(jax.random.split(key, 8 + 4 * self.glimpses))
+        keys = iter(jax.random.split(key, 12 + 4 * self.glimpses))
         H, E, D, M = self.hidden_size, self.embed_size, self.encoder.feature_size, self.mlp_size
         params = {"encoder": self.encoder.init(next(keys)),
                   "embed": jax.random.uniform(next(keys), (self.vocab_size, E), jnp.float32,
@@ -108,6 +129,13 @@ class VQAModel:
                                    "W_f": _uniform(next(keys), (D, self.A), D),
                                    "w": _uniform(next(keys), (self.A,), self.A),
                                    "W_g": _uniform(next(keys), (D, H), D)} for _ in range(self.glimpses)]
+            if self.relation:
+                R, fan_in = self.relation, 2 * D + H
+                params["relation"] = {"W_a": _uniform(next(keys), (D, R), fan_in),
+                                      "W_b": _uniform(next(keys), (D, R), fan_in),
+                                      "W_c": _uniform(next(keys), (H, R), fan_in), "b_1": jnp.zeros((R,), jnp.float32),
+                                      "W_2": _uniform(next(keys), (R, R), R), "b_2": jnp.zeros((R,), jnp.float32),
+                                      "W_o": _uniform(next(keys), (R, H), R)}
             fan = H
         else:
             fan = self.encoder.num_locations * D + H
@@ -130,7 +158,8 @@ class VQAModel:
         return self.cell.carry_h(final).astype(jnp.float32)
 
     def attend(self, params, f_BxLxD, q_BxH):
-        """``(u_K [B, H], α [B, K, L])``: the stacked glimpses (module docstring)."""
+        """``(u [B, H], α [B, K, L])``: the stacked glimpses' ``u_K``, plus the relation head's term with
+        ``relation`` (module docstring)."""
         mask = jnp.ones(f_BxLxD.shape[:2], bool)
         u, maps = q_BxH, []
         for g in params["glimpses"]:
@@ -138,7 +167,17 @@ class VQAModel:
             alpha = masked_attention(scores, mask)
             u = u + jnp.einsum("bl,bld->bd", alpha, f_BxLxD) @ g["W_g"]
             maps.append(alpha)
+        if self.relation:
+            u = u + self.relate(params["relation"], f_BxLxD, q_BxH, maps[0])
         return u, jnp.stack(maps, axis=1)
+
+    def relate(self, p, f_BxLxD, q_BxH, alpha_BxL):
+        """``[B, H]``: the relation head (module docstring), comparing the first glimpse's reading
+        with every cell and averaging over the cells."""
+        r = jnp.einsum("bl,bld->bd", alpha_BxL, f_BxLxD)
+        h = jax.nn.relu((r @ p["W_a"] + q_BxH @ p["W_c"] + p["b_1"])[:, None, :] + f_BxLxD @ p["W_b"])
+        h = jax.nn.relu(h @ p["W_2"] + p["b_2"])
+        return jnp.mean(h, axis=1) @ p["W_o"]
 
     def forward(self, params, batch: Mapping, dropout_key=None):
         """``(logits [B, answers], α [B, K, L] or None)``."""
@@ -183,7 +222,8 @@ def _build(config, task) -> VQAModel:
     return VQAModel(encoder, make_cell(config), len(task.question_vocab), task.num_answers,
                     hidden_size=m.hidden_size, embed_size=m.embed_size, attention=m.get("attention", "soft"),
                     glimpses=int(m.get("glimpses", 2)), attention_size=int(m.get("attention_size", 0)),
-                    mlp_size=int(m.get("mlp_size", 256)), film=bool(m.get("film", False)), dropout=m.dropout,
+                    mlp_size=int(m.get("mlp_size", 256)), film=bool(m.get("film", False)),
+                    relation=m.get("relation", 0), dropout=m.dropout,
                     embed_scale=m.embed_scale, impl=m.impl)
 
 
