@@ -318,6 +318,19 @@ def test_the_relation_head_compares_the_first_glimpse_with_every_cell():
                                               "question_lengths": np.array([2, 2, 1], np.int32),
                                               "answer": np.array([0, 1, 3], np.int32)})[0])(params)
     assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads["relation"]))
+    # over 1, 2 or 3 copies of what the glimpse picks out (the other cells zero), the averaged
+    # comparisons change with the number of copies where the glimpse's reading does not
+    obj = np.array([1.0, -1.0, 0.5, 0.0], np.float32)
+    scenes = np.zeros((3, 5, 4), np.float32)
+    for k in range(3):
+        scenes[k, :k + 1] = obj
+    pick = np.zeros((3, 5), np.float32)
+    pick[np.arange(3)[:, None] >= np.arange(5)[None, :]] = 1
+    pick /= pick.sum(-1, keepdims=True)   # α spread evenly over the copies
+    relate = np.asarray(model.relate(params["relation"], scenes, np.zeros((3, 6), np.float32), pick))
+    reads = np.einsum("bl,bld->bd", pick, scenes)
+    np.testing.assert_allclose(reads[1:], reads[:1].repeat(2, 0), rtol=1e-6)
+    assert np.linalg.norm(relate[1] - relate[0]) > 1e-3 and np.linalg.norm(relate[2] - relate[1]) > 1e-3
     # the first glimpse is trained through r as well: its gradient differs from the plain model's
     plain_grads = jax.grad(lambda p: plain.loss(p, {"images": f, "question": np.array([[1, 2]] * 3, np.int32),
                                                     "question_lengths": np.array([2, 2, 1], np.int32),
@@ -460,6 +473,7 @@ def test_captioning_and_vqa_train_through_the_one_loop(tmp_path, module, arg, me
     assert problem.evaluator()(params, "test")[metric] == pytest.approx(result[f"test_{metric}"])
     if config.model.kind == "vqa":   # film=1 is the config's default
         assert ("film" in params) == problem.model.film == ("film=0" not in arg)
+        assert ("relation" in params) == (problem.model.relation == 4) == ("relation=4" in arg)
     if config.model.attention == "soft":  # the pictures of its attention
         if config.model.kind == "caption":
             examples = attention_figures.caption_examples(problem, params, "test", 3)

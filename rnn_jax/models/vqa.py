@@ -102,8 +102,9 @@ class VQAModel:
     def __post_init__(self):
         check_fields(self, ("vocab_size", "num_answers", "hidden_size", "embed_size", "glimpses", "mlp_size"),
                      ("attention_size",), {"attention": ATTENTIONS})
-        if not isinstance(self.relation, int) or isinstance(self.relation, bool) or self.relation < 0:
+        if not isinstance(self.relation, (int, np.integer)) or isinstance(self.relation, bool) or self.relation < 0:
             raise InputError(f"relation must be an integer >= 0 (0: no relation head), got {self.relation!r}")
+        object.__setattr__(self, "relation", int(self.relation))
         if self.relation and self.attention != "soft":
             raise InputError("model.relation compares the first glimpse's object with every cell; with "
                              f"attention={self.attention!r} there is no glimpse")
