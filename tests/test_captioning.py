@@ -267,6 +267,18 @@ def _numpy_glimpses(f, q, glimpses):
     return u, np.stack(maps, 1)
 
 
+_OBJECT = np.array([1.0, -1.0, 0.5, 0.0], np.float32)
+
+
+def _copies() -> np.ndarray:
+    """``[3, 5, 4]`` features: scene k holds k + 1 copies of ``_OBJECT`` in its first cells, the
+    other cells zero."""
+    scenes = np.zeros((3, 5, 4), np.float32)
+    for k in range(3):
+        scenes[k, :k + 1] = _OBJECT
+    return scenes
+
+
 def test_the_glimpses_follow_their_equations_and_average_what_they_attend():
     enc = ImageEncoder("features", (5, 4))
     model = VQAModel(enc, "gru", vocab_size=7, num_answers=4, hidden_size=6, embed_size=3, glimpses=2, mlp_size=8,
@@ -280,12 +292,9 @@ def test_the_glimpses_follow_their_equations_and_average_what_they_attend():
     np.testing.assert_allclose(u, want_u, rtol=1e-4, atol=1e-5)
     # a glimpse that puts all its weight on the cells it picks out reads the same vector over 1, 2 or
     # 3 identical copies (the other cells zero): a softmax glimpse averages what it attends to
-    obj = np.array([1.0, -1.0, 0.5, 0.0], np.float32)
-    pick = {"W_q": jnp.zeros((6, 5)), "W_f": jnp.zeros((4, 5)).at[:, 0].set(3 * obj),
+    pick = {"W_q": jnp.zeros((6, 5)), "W_f": jnp.zeros((4, 5)).at[:, 0].set(3 * _OBJECT),
             "w": jnp.zeros(5).at[0].set(30.0), "W_g": params["glimpses"][0]["W_g"]}
-    scenes = np.zeros((3, 5, 4), np.float32)
-    for k in range(3):
-        scenes[k, :k + 1] = obj
+    scenes = _copies()
     one = VQAModel(enc, "gru", vocab_size=7, num_answers=4, hidden_size=6, embed_size=3, glimpses=1, mlp_size=8,
                    attention_size=5)
     reads, maps = one.attend({"glimpses": [pick]}, scenes, np.zeros((3, 6), np.float32))
@@ -314,16 +323,13 @@ def test_the_relation_head_compares_the_first_glimpse_with_every_cell():
     np.testing.assert_allclose(alpha, maps, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(u, u_K + h.mean(1) @ p["W_o"], rtol=1e-4, atol=1e-5)
     assert not np.allclose(u, plain.attend(params, f, q)[0], atol=1e-3)
-    grads = jax.grad(lambda p: model.loss(p, {"images": f, "question": np.array([[1, 2]] * 3, np.int32),
-                                              "question_lengths": np.array([2, 2, 1], np.int32),
-                                              "answer": np.array([0, 1, 3], np.int32)})[0])(params)
+    batch = {"images": f, "question": np.array([[1, 2]] * 3, np.int32),
+             "question_lengths": np.array([2, 2, 1], np.int32), "answer": np.array([0, 1, 3], np.int32)}
+    grads = jax.grad(lambda p: model.loss(p, batch)[0])(params)
     assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads["relation"]))
     # over 1, 2 or 3 copies of what the glimpse picks out (the other cells zero), the averaged
     # comparisons change with the number of copies where the glimpse's reading does not
-    obj = np.array([1.0, -1.0, 0.5, 0.0], np.float32)
-    scenes = np.zeros((3, 5, 4), np.float32)
-    for k in range(3):
-        scenes[k, :k + 1] = obj
+    scenes = _copies()
     pick = np.zeros((3, 5), np.float32)
     pick[np.arange(3)[:, None] >= np.arange(5)[None, :]] = 1
     pick /= pick.sum(-1, keepdims=True)   # α spread evenly over the copies
@@ -332,9 +338,7 @@ def test_the_relation_head_compares_the_first_glimpse_with_every_cell():
     np.testing.assert_allclose(reads[1:], reads[:1].repeat(2, 0), rtol=1e-6)
     assert np.linalg.norm(relate[1] - relate[0]) > 1e-3 and np.linalg.norm(relate[2] - relate[1]) > 1e-3
     # the first glimpse is trained through r as well: its gradient differs from the plain model's
-    plain_grads = jax.grad(lambda p: plain.loss(p, {"images": f, "question": np.array([[1, 2]] * 3, np.int32),
-                                                    "question_lengths": np.array([2, 2, 1], np.int32),
-                                                    "answer": np.array([0, 1, 3], np.int32)})[0])(params)
+    plain_grads = jax.grad(lambda p: plain.loss(p, batch)[0])(params)
     assert not np.allclose(grads["glimpses"][0]["W_f"], plain_grads["glimpses"][0]["W_f"], atol=1e-6)
     with pytest.raises(InputError, match="relation compares the first glimpse's object"):
         VQAModel(enc, "gru", attention="none", relation=3, **kw)
